@@ -1,0 +1,59 @@
+# pytorch-cuda: every target runs in a project virtual environment it sets up itself.
+PYTHON3 ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+CELL    ?=
+ONLY    ?=
+export UV_NATIVE_TLS := 1
+
+.PHONY: help venv lint unit render render-check lock matrix image test test-matrix check repro repro-double publish-test bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(VENV)/.synced: requirements.lock requirements-bootstrap.txt
+	$(PYTHON3) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --no-deps --require-hashes -r requirements-bootstrap.txt
+	$(VENV)/bin/uv pip sync --quiet --python $(PY) requirements.lock
+	touch $@
+
+venv: $(VENV)/.synced ## set up the host tools (pinned, hash-checked)
+
+matrix: venv ## show the cells
+	$(PY) build.py matrix
+
+render: venv ## render images/ from templates/ and versions.yaml
+	$(PY) build.py render
+
+render-check: venv ## fail if images/ is not what render produces
+	$(PY) build.py render --check
+
+lock: venv ## re-lock Python packages and apt pins
+	$(PY) build.py lock $(CELL)
+
+lint: venv render-check ## hadolint, ruff, zizmor, render --check
+	$(PY) build.py lint
+
+unit: venv ## fast unit tests (no Docker)
+	$(PY) -m pytest tests/unit -q
+
+image: venv ## build the default cell (dev and prod)
+	$(PY) build.py build $(CELL)
+
+test: venv ## in-container tests of the default cell (builds it first when needed)
+	$(PY) build.py test $(CELL)
+
+test-matrix: venv ## build and test every cell buildable here
+	$(PY) build.py test --all --build
+
+check: lint unit ## what CI runs: lint, unit tests, build and test the default cell
+	$(PY) build.py test --build
+
+repro: venv ## verify the default prod image is reproducible (rebuild and compare)
+	$(PY) build.py verify-repro $(or $(CELL),cu128-bookworm) --variant prod
+
+bench: venv ## benchmarks into bench/report.{md,json,png} (ONLY=build|size|startup|inference|server)
+	$(PY) -m bench $(if $(ONLY),--only $(ONLY))
+
+clean: ## remove the host venv and build state (not images)
+	rm -rf $(VENV) .build

@@ -1,0 +1,1 @@
+"""pytorch-cuda: build, test and publish reproducible PyTorch CUDA images."""

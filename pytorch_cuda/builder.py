@@ -1,0 +1,184 @@
+"""`build.py build`: build images on the engine with live progress; tag only on success."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from . import base, buildenv, debian, gitinfo, locking
+from .context import write_context
+from .errors import UserError
+from .matrix import Image
+from .paths import STATE
+from .progress import human_bytes, say, table
+
+STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+APT_GONE_RE = re.compile(r"Version '([^']+)' for '([^']+)' was not found")
+TAIL_LINES = 40
+
+
+@dataclass
+class BuildResult:
+    """One built image."""
+
+    image: Image
+    image_id: str
+    size: int
+    seconds: float
+
+
+@dataclass
+class BuildOptions:
+    """What the user chose on the command line."""
+
+    ca_cert: str | None = None
+    mirror: str | None = None
+    security_mirror: str | None = None
+    quiet: bool = False
+    no_cache: bool = False
+
+
+def build_labels(image: Image, base_id: str) -> dict[str, str]:
+    """Labels only the build knows: creation time, source revision and the base's digest."""
+    epoch = gitinfo.source_date_epoch()
+    return {
+        "org.opencontainers.image.created":
+            datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.revision": gitinfo.revision(),
+        "org.opencontainers.image.source": gitinfo.source_url(),
+        "org.opencontainers.image.base.digest": base_id,
+    }
+
+
+class _Stream:
+    """Follows one build's output: steps, stages, the tail for errors, the image ID."""
+
+    def __init__(self, image: Image, quiet: bool) -> None:
+        self.image = image
+        self.quiet = quiet
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.step = "starting"
+        self.stage = "-"
+        self.image_id: str | None = None
+        self.error: str | None = None
+
+    def feed(self, chunk: dict) -> None:
+        if "error" in chunk or "errorDetail" in chunk:
+            self.error = chunk.get("error") or chunk["errorDetail"].get("message", "")
+            return
+        if "aux" in chunk and isinstance(chunk["aux"], dict) and "ID" in chunk["aux"]:
+            self.image_id = chunk["aux"]["ID"]
+        for line in chunk.get("stream", "").splitlines():
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        if not line.strip():
+            return
+        self.tail.append(line)
+        match = STEP_RE.match(line)
+        if match:
+            instruction = match.group(3)
+            if instruction.upper().startswith("FROM "):
+                words = instruction.split()
+                self.stage = words[3] if len(words) >= 4 and words[2].upper() == "AS" else words[1]
+            self.step = f"step {match.group(1)}/{match.group(2)} [{self.stage}]"
+            say(f"{self.image.name} {self.step}: {instruction[:100]}")
+        elif not self.quiet:
+            print(f"    {line}", flush=True)
+
+
+def build_image(client: docker.DockerClient, image: Image, context: Path, base_id: str,
+                options: BuildOptions) -> BuildResult:
+    """Build one image; tag it only when the build succeeded."""
+    started = time.monotonic()
+    stream = _Stream(image, options.quiet)
+    say(f"building {image.name} -> {image.ref()}")
+    try:
+        with context.open("rb") as ctx:
+            for chunk in client.api.build(
+                fileobj=ctx, custom_context=True,
+                dockerfile=f"images/{image.cell.id}/{image.variant}/Dockerfile",
+                buildargs=buildenv.build_args(image.cell),
+                labels=build_labels(image, base_id), rm=True, forcerm=True, pull=False,
+                nocache=options.no_cache, decode=True,
+            ):
+                stream.feed(chunk)
+                if stream.error:
+                    break
+    except KeyboardInterrupt:
+        _untag(client, image)
+        raise
+    except docker.errors.APIError as exc:
+        stream.error = str(exc.explanation or exc)
+    if stream.error or not stream.image_id:
+        _untag(client, image)
+        raise UserError(_failure(image, stream))
+    built = client.images.get(stream.image_id)
+    for tag in image.tags:
+        built.tag(image.cell.matrix.repository, tag)
+    seconds = time.monotonic() - started
+    say(f"built {image.name} {built.id[:19]} ({human_bytes(built.attrs['Size'])}, "
+        f"{seconds:.0f} s); tagged {', '.join(image.tags)}")
+    return BuildResult(image, built.id, built.attrs["Size"], seconds)
+
+
+def _failure(image: Image, stream: _Stream) -> str:
+    text = "\n".join(stream.tail)
+    gone = APT_GONE_RE.search(text + (stream.error or ""))
+    if gone:
+        return (f"{image.name}: apt package {gone.group(2)}={gone.group(1)} is no longer on the "
+                "mirror; 'python build.py lock' refreshes the pins")
+    return (f"{image.name} failed at {stream.step}: {(stream.error or 'no image produced').strip()}"
+            f"\n--- last lines of the build output ---\n{text}\n--- no tag was applied ---")
+
+
+def _untag(client: docker.DockerClient, image: Image) -> None:
+    """Remove this image's tags so none points at a stale or half-built image."""
+    for tag in image.tags:
+        try:
+            client.images.remove(image.ref(tag), noprune=True)
+        except docker.errors.ImageNotFound:
+            continue
+        except docker.errors.APIError:
+            continue
+
+
+def prune(client: docker.DockerClient) -> int:
+    """Remove this project's dangling images (replaced builds); return bytes reclaimed."""
+    result = client.images.prune(filters={"dangling": True, "label": "io.pytorch-cuda.cell"})
+    return int(result.get("SpaceReclaimed") or 0)
+
+
+def build(client: docker.DockerClient, images: list[Image], options: BuildOptions) -> list[BuildResult]:
+    """Build images cell by cell (base first), print the summary table."""
+    mirrors = debian.host_mirrors(options.mirror, options.security_mirror)
+    ca = buildenv.ca_bundle(options.ca_cert)
+    if ca:
+        say(f"using the CA bundle {ca} in builder stages only")
+    results: list[BuildResult] = []
+    cells = {i.cell.id: i.cell for i in images}
+    STATE.mkdir(parents=True, exist_ok=True)
+    for cell in cells.values():
+        locking.require_locked(cell)
+        base_id = base.ensure_base(client, cell, mirrors)
+        context = STATE / f"context-{cell.id}.tar"
+        write_context(cell, ca, context, gitinfo.source_date_epoch())
+        try:
+            for image in (i for i in images if i.cell.id == cell.id):
+                results.append(build_image(client, image, context, base_id, options))
+        finally:
+            context.unlink(missing_ok=True)
+    reclaimed = prune(client)
+    if reclaimed:
+        say(f"pruned replaced images of this project ({human_bytes(reclaimed)})")
+    print(table(["cell", "variant", "image ID", "size", "time"],
+                [[r.image.cell.id, r.image.variant, r.image_id[7:19], human_bytes(r.size),
+                  f"{r.seconds:.0f} s"] for r in results]))
+    return results
