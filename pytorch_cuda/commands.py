@@ -6,9 +6,14 @@ import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import builder
+import subprocess
+import sys
+
+from . import builder, locking
 from .engine import ensure_engine
+from .errors import UserError
 from .matrix import Image, load_matrix
+from .paths import ROOT
 
 
 def selected_images(args: argparse.Namespace) -> list[Image]:
@@ -28,6 +33,32 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run the in-container test suite (pytest + testinfra) against built images."""
+    matrix = load_matrix(Path(args.versions))
+    if args.all:
+        cells = [c for c in matrix.cells if locking.is_locked(c)]
+        skipped = [c.id for c in matrix.cells if not locking.is_locked(c)]
+        if skipped:
+            print(f"not buildable here (no lock): {', '.join(skipped)}", file=sys.stderr)
+    else:
+        cells = matrix.select(args.cells) if args.cells else [matrix.default_cell]
+    if args.build:
+        client = ensure_engine()
+        builder.build(client, matrix.images(cells),
+                      builder.BuildOptions(args.ca_cert, quiet=args.quiet))
+    cmd = [sys.executable, "-m", "pytest", "tests/integration", "-rs", "-p", "no:cacheprovider"]
+    cmd += [f"--cell={c.id}" for c in cells]
+    if args.require_gpu:
+        cmd.append("--require-gpu")
+    if args.k:
+        cmd += ["-k", args.k]
+    code = subprocess.run(cmd, cwd=ROOT, check=False).returncode
+    if code not in (0, 1):
+        raise UserError(f"pytest could not run the suite (exit code {code})")
+    return code
+
+
 def add_commands(sub: argparse._SubParsersAction, mirror_options: Callable, variants: Sequence[str]) -> None:
     """Register the engine-backed commands."""
     p = sub.add_parser("build", help="build images (default: the default cell)")
@@ -38,3 +69,13 @@ def add_commands(sub: argparse._SubParsersAction, mirror_options: Callable, vari
     p.add_argument("--no-cache", action="store_true", help="ignore the build cache")
     mirror_options(p)
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("test", help="in-container tests of built images (default: the default cell)")
+    p.add_argument("cells", nargs="*", metavar="CELL")
+    p.add_argument("--all", action="store_true", help="every cell buildable here")
+    p.add_argument("--build", action="store_true", help="build the images first")
+    p.add_argument("--require-gpu", action="store_true", help="fail, not skip, without a GPU")
+    p.add_argument("--ca-cert", help="CA bundle for builder stages (with --build)")
+    p.add_argument("--quiet", action="store_true", help="with --build: steps only")
+    p.add_argument("-k", help="only tests matching this pytest expression")
+    p.set_defaults(func=cmd_test)

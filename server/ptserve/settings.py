@@ -1,0 +1,82 @@
+"""Server settings read from ``PTSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_PORT = 8000
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not value >= 0:
+        raise ValueError(f"{name}={raw} must be a non-negative number")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name}={raw!r} must be 1 or 0")
+
+
+def port_from_env(env: Mapping[str, str] = os.environ) -> int:
+    """The listening port, ``PTSERVE_PORT`` (default 8000)."""
+    port = _int(env, "PTSERVE_PORT", DEFAULT_PORT, 1)
+    if port > 65535:
+        raise ValueError(f"PTSERVE_PORT={port} is not a TCP port")
+    return port
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server reads from its environment."""
+
+    model_repository: Path = Path("/models")
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    workers: int = 2
+    max_inflight: int = 64
+    max_body_bytes: int = 64 * 1024 * 1024
+    drain_seconds: float = 20.0
+    require_gpu: bool = False
+    allow_tf32: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Build settings from ``env``; raises ValueError naming a bad variable."""
+        return cls(
+            model_repository=Path(env.get("PTSERVE_MODEL_REPOSITORY") or "/models"),
+            port=port_from_env(env),
+            workers=_int(env, "PTSERVE_WORKERS", 2, 1),
+            max_inflight=_int(env, "PTSERVE_MAX_INFLIGHT", 64, 1),
+            max_body_bytes=_int(env, "PTSERVE_MAX_BODY_BYTES", 64 * 1024 * 1024, 1),
+            drain_seconds=_float(env, "PTSERVE_DRAIN_SECONDS", 20.0),
+            require_gpu=_flag(env, "PTSERVE_REQUIRE_GPU"),
+            allow_tf32=_flag(env, "PTSERVE_ALLOW_TF32"),
+        )
