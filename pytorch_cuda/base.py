@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from . import debian, gitinfo
+from . import debian
 from .engine import ensure_tool
 from .errors import UserError
 from .matrix import Cell
@@ -39,17 +39,12 @@ def base_ref(cell: Cell) -> str:
     return f"{cell.matrix.repository}-base:{cell.os.name}"
 
 
-def base_epoch() -> int:
-    """The base's timestamp: the last change of the matrix, so commits elsewhere reuse it."""
-    return gitinfo.source_date_epoch("versions.yaml")
-
-
 def ensure_base(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors) -> str:
     """Make the cell's base image present; return its image ID."""
     ref = base_ref(cell)
     if cell.os.base_image:
         return _pull_by_digest(client, ref)
-    epoch = base_epoch()
+    epoch = cell.os.bootstrap_epoch or 0
     inputs = {
         "suite": cell.os.suite, "variant": cell.os.bootstrap_variant, "include": INCLUDE,
         "dpkg": DPKG_OPTS, "sources": mirrors.sources(cell.os.suite or ""), "epoch": epoch,

@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from . import base, buildenv, debian, gitinfo, locking
+from . import base, buildenv, debian, gitinfo, locking, reproducible
 from .context import write_context
 from .errors import UserError
 from .matrix import Image
@@ -32,6 +32,7 @@ class BuildResult:
     image_id: str
     size: int
     seconds: float
+    normalize_seconds: float
 
 
 @dataclass
@@ -43,6 +44,7 @@ class BuildOptions:
     security_mirror: str | None = None
     quiet: bool = False
     no_cache: bool = False
+    normalize: bool = True
 
 
 def build_labels(image: Image, base_id: str) -> dict[str, str]:
@@ -120,13 +122,31 @@ def build_image(client: docker.DockerClient, image: Image, context: Path, base_i
     if stream.error or not stream.image_id:
         _untag(client, image)
         raise UserError(_failure(image, stream))
-    built = client.images.get(stream.image_id)
+    raw = client.images.get(stream.image_id)
+    raw.tag(cache_repository(image), f"{image.cell.id}-{image.variant}")
+    built_seconds = time.monotonic() - started
+    normalize_seconds = 0.0
+    final = raw
+    if options.normalize:
+        try:
+            normalized = reproducible.normalize(client, raw.id, image.name)
+        except (KeyboardInterrupt, UserError):
+            _untag(client, image)
+            raise
+        final = client.images.get(normalized.image_id)
+        normalize_seconds = normalized.seconds
     for tag in image.tags:
-        built.tag(image.cell.matrix.repository, tag)
+        final.tag(image.cell.matrix.repository, tag)
     seconds = time.monotonic() - started
-    say(f"built {image.name} {built.id[:19]} ({human_bytes(built.attrs['Size'])}, "
-        f"{seconds:.0f} s); tagged {', '.join(image.tags)}")
-    return BuildResult(image, built.id, built.attrs["Size"], seconds)
+    say(f"built {image.name} {final.id[:19]} ({human_bytes(final.attrs['Size'])}, "
+        f"build {built_seconds:.0f} s + normalize {normalize_seconds:.0f} s); "
+        f"tagged {', '.join(image.tags)}")
+    return BuildResult(image, final.id, final.attrs["Size"], seconds, normalize_seconds)
+
+
+def cache_repository(image: Image) -> str:
+    """Where raw builds stay tagged, so their layers keep serving as the build cache."""
+    return f"{image.cell.matrix.repository}-cache"
 
 
 def _failure(image: Image, stream: _Stream) -> str:
@@ -178,7 +198,7 @@ def build(client: docker.DockerClient, images: list[Image], options: BuildOption
     reclaimed = prune(client)
     if reclaimed:
         say(f"pruned replaced images of this project ({human_bytes(reclaimed)})")
-    print(table(["cell", "variant", "image ID", "size", "time"],
+    print(table(["cell", "variant", "image ID", "size", "time", "of which normalize"],
                 [[r.image.cell.id, r.image.variant, r.image_id[7:19], human_bytes(r.size),
-                  f"{r.seconds:.0f} s"] for r in results]))
+                  f"{r.seconds:.0f} s", f"{r.normalize_seconds:.0f} s"] for r in results]))
     return results

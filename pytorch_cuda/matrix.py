@@ -39,7 +39,7 @@ SCHEMA = s.Fields({
     "os": s.MapOf(s.Fields({
         "distro": s.NAME, "version": s.VERSION, "python": s.VERSION,
         "base": s.Fields({
-            "bootstrap": s.Fields({"suite": s.NAME, "variant": s.NAME}),
+            "bootstrap": s.Fields({"suite": s.NAME, "variant": s.NAME, "epoch": s.Int()}),
             "image": s.Str(DIGEST_REF_RE, "an image reference pinned by digest (name@sha256:...)"),
         }, optional=frozenset({"bootstrap", "image"})),
     })),
@@ -91,6 +91,7 @@ class OS:
     python: str
     suite: str | None
     bootstrap_variant: str | None
+    bootstrap_epoch: int | None
     base_image: str | None
 
 
@@ -330,7 +331,7 @@ class Matrix:
 def _os(name: str, raw: dict[str, Any]) -> OS:
     boot = raw["base"].get("bootstrap") or {}
     return OS(name, raw["distro"], raw["version"], raw["python"],
-              boot.get("suite"), boot.get("variant"), raw["base"].get("image"))
+              boot.get("suite"), boot.get("variant"), boot.get("epoch"), raw["base"].get("image"))
 
 
 def _vt(version: str) -> tuple[int, ...]:

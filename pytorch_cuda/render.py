@@ -16,9 +16,9 @@ from .paths import IMAGES, ROOT, TEMPLATES
 
 LABEL_PREFIX = "io.pytorch-cuda"
 CA_CONTEXT_PATH = ".build/ca-bundle.crt"
-APT_CLEANUP = ("rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log "
+APT_CLEANUP = ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log "
                "/var/log/alternatives.log /var/cache/ldconfig/aux-cache /var/cache/debconf/*-old "
-               "/var/lib/dpkg/*-old")
+               "/var/lib/dpkg/*-old /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow-")
 
 
 def _environment() -> jinja2.Environment:
@@ -75,8 +75,8 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "variant_apt": matrix.apt_packages(cell.os, image.variant),
         "apt_cleanup": APT_CLEANUP,
         "venv_cleanup": "rm -rf /tmp/locks",
-        "user_cleanup": (f"sed -i -E 's/^({matrix.raw['project']['user']['name']}:[^:]*:)[0-9]*:/\\1:/' "
-                         "/etc/shadow && rm -f /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow-"),
+        "user_cleanup": ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow "
+                         "&& rm -f /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow-"),
         "ca_context_path": CA_CONTEXT_PATH,
         "ca_path": "/tmp/build-ca.crt",
         "locks": {g: locking.pip_lock_path(cell, g).relative_to(ROOT).as_posix()
