@@ -6,7 +6,7 @@ CELL    ?=
 ONLY    ?=
 export UV_NATIVE_TLS := 1
 
-.PHONY: help venv lint unit render render-check lock matrix image test test-matrix check repro repro-double publish-test bench clean
+.PHONY: help venv lint unit render render-check lock matrix image test test-matrix check repro publish-test bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -48,6 +48,9 @@ test-matrix: venv ## build and test every cell buildable here
 
 check: lint unit ## what CI runs: lint, unit tests, build and test the default cell
 	$(PY) build.py test --build
+
+publish-test: venv ## publish tests against a throwaway local registry (tiny images)
+	$(PY) -m pytest tests/integration/test_publish.py -q -rs
 
 repro: venv ## verify the default prod image is reproducible (rebuild and compare)
 	$(PY) build.py verify-repro $(or $(CELL),cu128-bookworm) --variant prod

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,11 +17,12 @@ import docker.errors
 from . import base, buildenv, debian, gitinfo, locking, reproducible
 from .context import write_context
 from .errors import UserError
-from .matrix import Image
+from .matrix import Cell, Image
 from .paths import STATE
 from .progress import human_bytes, say, table
 
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)")
+LAYER_RE = re.compile(r"^ ---> ([0-9a-f]{12})$")
 APT_GONE_RE = re.compile(r"Version '([^']+)' for '([^']+)' was not found")
 TAIL_LINES = 40
 
@@ -70,6 +73,7 @@ class _Stream:
         self.stage = "-"
         self.image_id: str | None = None
         self.error: str | None = None
+        self.stage_images: dict[str, str] = {}
 
     def feed(self, chunk: dict) -> None:
         if "error" in chunk or "errorDetail" in chunk:
@@ -84,6 +88,9 @@ class _Stream:
         if not line.strip():
             return
         self.tail.append(line)
+        layer = LAYER_RE.match(line)
+        if layer:
+            self.stage_images[self.stage] = layer.group(1)
         match = STEP_RE.match(line)
         if match:
             instruction = match.group(3)
@@ -96,12 +103,10 @@ class _Stream:
             print(f"    {line}", flush=True)
 
 
-def build_image(client: docker.DockerClient, image: Image, context: Path, base_id: str,
-                options: BuildOptions) -> BuildResult:
-    """Build one image; tag it only when the build succeeded."""
-    started = time.monotonic()
+def build_raw(client: docker.DockerClient, image: Image, context: Path, base_id: str,
+              options: BuildOptions) -> tuple[str, dict[str, str]]:
+    """Run the engine's build of one image; return the raw image ID and each stage's image."""
     stream = _Stream(image, options.quiet)
-    say(f"building {image.name} -> {image.ref()}")
     try:
         with context.open("rb") as ctx:
             for chunk in client.api.build(
@@ -114,27 +119,32 @@ def build_image(client: docker.DockerClient, image: Image, context: Path, base_i
                 stream.feed(chunk)
                 if stream.error:
                     break
-    except KeyboardInterrupt:
-        _untag(client, image)
-        raise
     except docker.errors.APIError as exc:
         stream.error = str(exc.explanation or exc)
     if stream.error or not stream.image_id:
-        _untag(client, image)
         raise UserError(_failure(image, stream))
-    raw = client.images.get(stream.image_id)
-    raw.tag(cache_repository(image), f"{image.cell.id}-{image.variant}")
-    built_seconds = time.monotonic() - started
-    normalize_seconds = 0.0
-    final = raw
-    if options.normalize:
-        try:
+    return stream.image_id, stream.stage_images
+
+
+def build_image(client: docker.DockerClient, image: Image, context: Path, base_id: str,
+                options: BuildOptions) -> BuildResult:
+    """Build (and normalize) one image; tag it only when all of that succeeded."""
+    started = time.monotonic()
+    say(f"building {image.name} -> {image.ref()}")
+    try:
+        raw_id, stages = build_raw(client, image, context, base_id, options)
+        raw = client.images.get(raw_id)
+        keep_cache(client, image, raw_id, stages)
+        built_seconds = time.monotonic() - started
+        normalize_seconds = 0.0
+        final = raw
+        if options.normalize:
             normalized = reproducible.normalize(client, raw.id, image.name)
-        except (KeyboardInterrupt, UserError):
-            _untag(client, image)
-            raise
-        final = client.images.get(normalized.image_id)
-        normalize_seconds = normalized.seconds
+            final = client.images.get(normalized.image_id)
+            normalize_seconds = normalized.seconds
+    except (KeyboardInterrupt, UserError):
+        _untag(client, image)
+        raise
     for tag in image.tags:
         final.tag(image.cell.matrix.repository, tag)
     seconds = time.monotonic() - started
@@ -144,9 +154,14 @@ def build_image(client: docker.DockerClient, image: Image, context: Path, base_i
     return BuildResult(image, final.id, final.attrs["Size"], seconds, normalize_seconds)
 
 
-def cache_repository(image: Image) -> str:
-    """Where raw builds stay tagged, so their layers keep serving as the build cache."""
-    return f"{image.cell.matrix.repository}-cache"
+def keep_cache(client: docker.DockerClient, image: Image, raw_id: str,
+               stages: dict[str, str]) -> None:
+    """Tag the raw build and its side stages (builder, variant env): they are the build cache."""
+    repository = f"{image.cell.matrix.repository}-cache"
+    client.images.get(raw_id).tag(repository, f"{image.cell.id}-{image.variant}")
+    for stage in ("builder", f"{image.variant}-env"):
+        if stage in stages:
+            client.images.get(stages[stage]).tag(repository, f"{image.cell.id}-{stage}")
 
 
 def _failure(image: Image, stream: _Stream) -> str:
@@ -170,32 +185,54 @@ def _untag(client: docker.DockerClient, image: Image) -> None:
             continue
 
 
-def prune(client: docker.DockerClient) -> int:
-    """Remove this project's dangling images (replaced builds); return bytes reclaimed."""
-    result = client.images.prune(filters={"dangling": True, "label": "io.pytorch-cuda.cell"})
-    return int(result.get("SpaceReclaimed") or 0)
+def prune(client: docker.DockerClient, bases: set[str]) -> int:
+    """Remove this project's dangling images (replaced builds and their stages); return bytes."""
+    reclaimed = 0
+    for image in client.images.list(filters={"dangling": True}):
+        layers = image.attrs["RootFS"].get("Layers") or []
+        if (layers and layers[0] in bases) or "io.pytorch-cuda.cell" in (image.labels or {}):
+            try:
+                client.images.remove(image.id)
+                reclaimed += image.attrs["Size"]
+            except docker.errors.APIError:
+                continue
+    return reclaimed
+
+
+@contextmanager
+def prepared(client: docker.DockerClient, cell: Cell, options: BuildOptions) -> Iterator[tuple[Path, str]]:
+    """A cell's lock checked, its base present and its build context written: (context, base ID)."""
+    locking.require_locked(cell)
+    mirrors = debian.host_mirrors(options.mirror, options.security_mirror)
+    base_id = base.ensure_base(client, cell, mirrors)
+    ca = buildenv.ca_bundle(options.ca_cert)
+    if ca:
+        say(f"using the CA bundle {ca} in builder stages only")
+    STATE.mkdir(parents=True, exist_ok=True)
+    context = STATE / f"context-{cell.id}.tar"
+    write_context(cell, ca, context, gitinfo.source_date_epoch())
+    try:
+        yield context, base_id
+    finally:
+        context.unlink(missing_ok=True)
+
+
+def base_layers(client: docker.DockerClient, base_id: str) -> set[str]:
+    """The first layer of a base: what every image built on it starts with."""
+    return {client.images.get(base_id).attrs["RootFS"]["Layers"][0]}
 
 
 def build(client: docker.DockerClient, images: list[Image], options: BuildOptions) -> list[BuildResult]:
     """Build images cell by cell (base first), print the summary table."""
-    mirrors = debian.host_mirrors(options.mirror, options.security_mirror)
-    ca = buildenv.ca_bundle(options.ca_cert)
-    if ca:
-        say(f"using the CA bundle {ca} in builder stages only")
     results: list[BuildResult] = []
     cells = {i.cell.id: i.cell for i in images}
-    STATE.mkdir(parents=True, exist_ok=True)
+    bases: set[str] = set()
     for cell in cells.values():
-        locking.require_locked(cell)
-        base_id = base.ensure_base(client, cell, mirrors)
-        context = STATE / f"context-{cell.id}.tar"
-        write_context(cell, ca, context, gitinfo.source_date_epoch())
-        try:
+        with prepared(client, cell, options) as (context, base_id):
+            bases |= base_layers(client, base_id)
             for image in (i for i in images if i.cell.id == cell.id):
                 results.append(build_image(client, image, context, base_id, options))
-        finally:
-            context.unlink(missing_ok=True)
-    reclaimed = prune(client)
+    reclaimed = prune(client, bases)
     if reclaimed:
         say(f"pruned replaced images of this project ({human_bytes(reclaimed)})")
     print(table(["cell", "variant", "image ID", "size", "time", "of which normalize"],

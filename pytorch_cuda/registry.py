@@ -28,6 +28,7 @@ ACCEPT = ", ".join([*IMAGE_MANIFESTS, "application/vnd.docker.distribution.manif
                     "application/vnd.oci.image.index.v1+json"])
 ENV_USER = "PTC_REGISTRY_USER"
 ENV_PASSWORD = "PTC_REGISTRY_PASSWORD"
+ENV_SOURCE = f"{ENV_USER}/{ENV_PASSWORD}"
 TIMEOUT = 60
 _TARGET_RE = re.compile(r"^(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:(?P<port>\d{1,5}))?"
                         r"(/(?P<ns>[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*))?$")
@@ -91,7 +92,7 @@ def find_credentials(host: str) -> Credentials | None:
     if user or password:
         if not (user and password):
             raise UserError(f"set both {ENV_USER} and {ENV_PASSWORD}, or neither")
-        return Credentials(user, password, f"{ENV_USER}/{ENV_PASSWORD}")
+        return Credentials(user, password, ENV_SOURCE)
     entry = docker.auth.load_config().resolve_authconfig(host) or {}
     user = entry.get("username") or entry.get("Username")
     password = entry.get("password") or entry.get("Password")

@@ -1,0 +1,84 @@
+"""`build.py verify-repro`: rebuild from scratch and prove the image ID is the same."""
+
+from __future__ import annotations
+
+import docker
+import docker.errors
+
+from . import builder, reproducible
+from .errors import UserError
+from .layerdiff import diff_archives, diff_configs, format_diff
+from .matrix import Image
+from .normalize import open_saved_image
+from .progress import say, table
+
+
+def _reference(client: docker.DockerClient, image: Image, against: str | None) -> str | None:
+    ref = against or image.ref()
+    try:
+        return client.images.get(ref).id
+    except docker.errors.ImageNotFound:
+        if against:
+            raise UserError(f"--against {against}: no such image on the engine") from None
+        return None
+
+
+def _fresh(client: docker.DockerClient, image: Image, context, base_id: str,
+           options: builder.BuildOptions, label: str):
+    """A no-cache build of `image`, normalized, its archive kept for comparison."""
+    say(f"{image.name}: {label} (no build cache)")
+    raw_id, _ = builder.build_raw(client, image, context, base_id, options)
+    archive = reproducible.WORK / f"verify-{label.replace(' ', '-')}-{image.variant}.tar"
+    result = reproducible.normalize(client, raw_id, image.name, keep_archive=archive)
+    return raw_id, result.image_id, archive
+
+
+def verify(client: docker.DockerClient, images: list[Image], twice: bool,
+           against: str | None) -> bool:
+    """Rebuild each image without cache and compare; print digests or what differs."""
+    options = builder.BuildOptions(quiet=True, no_cache=True)
+    rows, ok = [], True
+    cell = images[0].cell
+    with builder.prepared(client, cell, options) as (context, base_id):
+        bases = builder.base_layers(client, base_id)
+        for image in images:
+            reference = None if twice else _reference(client, image, against)
+            to_remove: list[str] = []
+            try:
+                if reference is None:
+                    raw_a, id_a, archive_a = _fresh(client, image, context, base_id, options,
+                                                    "first build")
+                    to_remove += [raw_a]
+                else:
+                    id_a, archive_a = reference, reproducible.WORK / f"verify-reference-{image.variant}.tar"
+                    reproducible.save(client, reference, archive_a)
+                raw_b, id_b, archive_b = _fresh(client, image, context, base_id, options,
+                                                "second build" if reference is None else "rebuild")
+                to_remove += [raw_b]
+                same = id_a == id_b
+                ok &= same
+                with open_saved_image(archive_b) as saved:
+                    layers = [layer.diff_id for layer in saved.layers]
+                rows.append([image.name, id_a[7:19], id_b[7:19],
+                             "reproducible" if same else "DIFFERS"])
+                if same:
+                    print(f"{image.name}: reproducible: image {id_b}")
+                    for i, diff_id in enumerate(layers):
+                        print(f"  layer {i}: {diff_id}")
+                else:
+                    config = diff_configs(archive_a, archive_b)
+                    print(f"{image.name}: NOT reproducible: {id_a} != {id_b}")
+                    print(format_diff(diff_archives(archive_a, archive_b), config))
+                    to_remove.append(id_b)
+            finally:
+                for path in reproducible.WORK.glob("verify-*.tar"):
+                    path.unlink(missing_ok=True)
+                for image_id in to_remove:
+                    if image_id != reference:
+                        try:
+                            client.images.remove(image_id, force=False)
+                        except docker.errors.APIError:
+                            continue
+        builder.prune(client, bases)
+    print(table(["image", "reference", "rebuild", "result"], rows))
+    return ok

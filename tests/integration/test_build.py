@@ -1,0 +1,71 @@
+"""The build driver on the real engine: a failed build leaves no tag behind."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import docker.errors
+
+from pytorch_cuda.paths import ROOT
+
+from .conftest import CHECK_ENV, CHECK_MOUNTS, checks_command, write_expect
+from .containers import TrackedContainer
+
+
+def _targets(client, image) -> dict[str, str | None]:
+    out = {}
+    for tag in image.tags:
+        try:
+            out[tag] = client.images.get(image.ref(tag)).id
+        except docker.errors.ImageNotFound:
+            out[tag] = None
+    return out
+
+
+def test_broken_package_pin_fails_and_leaves_no_tag(prod_image, client, tmp_path):
+    """A lock pinning a version that does not exist: exit 2, the step named, no tag left."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    lock = clone / "locks" / prod_image.cell.id / "prod.txt"
+    text = lock.read_text()
+    assert "aiohttp==" in text
+    lock.write_text(text.replace("aiohttp==", "aiohttp==0.0.0.dev0+", 1))
+    before = _targets(client, prod_image)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "build.py", "build", prod_image.cell.id, "--variant", "prod",
+             "--quiet", "--no-normalize"],
+            cwd=clone, capture_output=True, text=True, timeout=1800, check=False)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert f"{prod_image.name} failed at step" in proc.stderr, proc.stderr[-3000:]
+        assert "[prod-env]" in proc.stderr and "no tag was applied" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        left = {tag: target for tag, target in _targets(client, prod_image).items() if target}
+        assert not left, f"tags left behind after a failed build: {left}"
+    finally:
+        for tag, target in before.items():
+            if target:
+                client.images.get(target).tag(prod_image.cell.matrix.repository, tag)
+
+
+def test_a_pin_changed_by_hand_is_named(prod_image, client, tmp_path):
+    """An image whose numpy was altered after the build fails the pin check, naming numpy."""
+    derived = "pytorch-cuda-broken:numpy"
+    dockerfile = (
+        f"FROM {prod_image.ref()}\nUSER 0\n"
+        "RUN sed -i 's/^Version: 2.3.3$/Version: 2.3.2/' "
+        "/opt/venv/lib/python*/site-packages/numpy-2.3.3.dist-info/METADATA\n")
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=derived, rm=True)
+    try:
+        expect = write_expect(prod_image, tmp_path)
+        result = TrackedContainer(client, derived).run_json(
+            checks_command("all", "--expect", "/expect/expect.json"), entrypoint=[],
+            environment=CHECK_ENV,
+            volumes={**CHECK_MOUNTS, str(expect.parent): {"bind": "/expect", "mode": "ro"}})
+        failed = [p for p in result["pins"] if not p["passed"]]
+        assert [(p["name"], p["expected"], p["actual"]) for p in failed] == [
+            ("packages.numpy", "2.3.3", "2.3.2")]
+    finally:
+        client.images.remove(image.id, force=True)
