@@ -31,6 +31,17 @@ sorted keys and compact separators; the image ID is its sha256.
 The output archive holds ``manifest.json`` and the config and layers as
 ``blobs/sha256/<digest>`` (the paths engine 25+ writes), all with fixed
 header fields, so equal images give byte-identical archives.
+
+Layers the engine already has: ``docker load`` unpacks the whole archive and
+then reads a layer file only when the engine lacks that layer's chain
+(:func:`chain_ids`). Given the chain IDs the engine holds (``present_chains``),
+such a layer is written as an empty placeholder ``present/sha256/<chain>``
+instead of its bytes; the config keeps the real diff_ids, so the image ID is
+the same. Its normalized diff_id comes, without reading the layer's data,
+from the cache map or from seeing in its headers that the layer is already
+canonical; failing that, a layer on a present parent chain is hashed first
+and written only when its chain turns out to be absent. Such an archive
+loads only into an engine that holds those chains.
 """
 
 from __future__ import annotations
@@ -47,7 +58,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -80,6 +91,7 @@ _OPAQUE = ".wh..wh..opq"
 _PAX_NAME = "././@PaxHeader"
 _XATTR = "SCHILY.xattr."
 _DATA_TYPES = (tarfile.REGTYPE, tarfile.CONTTYPE)
+_PRESENT_DIR = "present/sha256/"
 
 
 # --- tar encoding ---------------------------------------------------------
@@ -305,6 +317,10 @@ def _clean(name: str) -> str:
 def _blob_path(digest: str) -> str:
     algorithm, _, hexdigest = digest.partition(":")
     return f"blobs/{algorithm}/{hexdigest}"
+
+
+def _placeholder_path(chain_id: str) -> str:
+    return _PRESENT_DIR + chain_id.removeprefix("sha256:")
 
 
 def _oci_manifest(archive: _Archive) -> tuple[str, list[str]]:
@@ -558,6 +574,7 @@ class _ArchiveWriter:
     def __init__(self, file: BinaryIO, epoch: int) -> None:
         self._file, self._epoch, self._blobs = file, epoch, set[str]()
         self._last: tuple[int, str] | None = None
+        self._placeholders = False
         self.buffer = memoryview(bytearray(_CHUNK))
 
     def _header(
@@ -574,6 +591,18 @@ class _ArchiveWriter:
 
     def add_file(self, name: str, data: bytes) -> None:
         self._file.write(self._header(name, len(data)) + data + _padding(len(data)))
+
+    def has(self, digest: str) -> bool:
+        """Whether the blob ``digest`` is in the archive."""
+        return digest in self._blobs
+
+    def add_placeholder(self, chain_id: str) -> None:
+        """An empty file standing for a layer whose chain the engine has."""
+        if not self._placeholders:
+            self.add_dir(_PRESENT_DIR.split("/")[0] + "/")
+            self.add_dir(_PRESENT_DIR)
+        self._placeholders = True
+        self.add_file(_placeholder_path(chain_id), b"")
 
     def add_blob(
         self, size: int, fill: Callable[[_Sink], None], tee: BinaryIO | None = None
@@ -614,6 +643,34 @@ class _ArchiveWriter:
 
     def close(self) -> None:
         self._file.write(b"\0" * (2 * _BLOCK))
+
+
+# --- chain IDs ------------------------------------------------------------
+
+
+def _chain_id(parent: str | None, diff_id: str) -> str:
+    if parent is None:
+        return diff_id
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+
+
+def chain_ids(diff_ids: Iterable[str]) -> list[str]:
+    """The chain ID of each layer of an image, from its diff_ids in order.
+
+    The chain ID of the first layer is its diff_id; that of layer n is
+    ``"sha256:" + sha256(f"{chain_id(n - 1)} {diff_id(n)}")`` (the OCI
+    ChainID, which the engine's layer store is keyed by).
+    """
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        chains.append(_chain_id(chains[-1] if chains else None, diff_id))
+    return chains
+
+
+def chains_of(layer_lists: Iterable[Iterable[str]]) -> set[str]:
+    """Every chain ID of some images, given each one's diff_ids
+    (``RootFS.Layers`` in ``docker image inspect``)."""
+    return {chain for diff_ids in layer_lists for chain in chain_ids(diff_ids)}
 
 
 # --- cache ----------------------------------------------------------------
@@ -712,21 +769,37 @@ class LayerResult:
 
     ``action`` is ``rewritten`` (parsed and written in canonical form),
     ``cached`` (copied from a kept normalized tar), ``verbatim`` (already
-    canonical, copied) or ``repeated`` (same source layer earlier in the image).
+    canonical, copied), ``repeated`` (same source layer earlier in the image)
+    or ``present`` (the engine has its chain: an empty placeholder was
+    written). ``size`` is that of the normalized layer tar, ``entries`` the
+    number of entries parsed (0 when the layer was not parsed).
     """
 
     index: int
     source_diff_id: str
     diff_id: str
+    chain_id: str
     size: int
     entries: int
     action: str
     seconds: float
 
     @property
+    def written(self) -> int:
+        """Bytes of this layer written to the archive (0 for a placeholder)."""
+        return 0 if self.action == "present" else self.size
+
+    @property
+    def path(self) -> str:
+        """Where the archive holds the layer (or its placeholder)."""
+        if self.action == "present":
+            return _placeholder_path(self.chain_id)
+        return _blob_path(self.diff_id)
+
+    @property
     def rate(self) -> float:
         """Bytes written per second."""
-        return self.size / self.seconds if self.seconds > 0 else 0.0
+        return self.written / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -742,9 +815,21 @@ class NormalizeResult:
     size: int
     seconds: float
 
+    @property
+    def chain_ids(self) -> tuple[str, ...]:
+        """The chain ID of each layer (see :func:`chain_ids`)."""
+        return tuple(layer.chain_id for layer in self.layers)
+
     def summary(self) -> str:
         """A few lines for people: per layer action, size, time and speed."""
         lines = [f"{self.image_id}  {self.size / 1e6:.1f} MB in {self.seconds:.1f} s"]
+        present = [layer for layer in self.layers if layer.action == "present"]
+        if present:
+            skipped = sum(layer.size for layer in present)
+            lines[0] += (
+                f"; {len(present)} layer(s) the engine has, {skipped / 1e6:.1f} MB,"
+                " left out"
+            )
         for layer in self.layers:
             lines.append(
                 f"  layer {layer.index}: {layer.action:9} {layer.size / 1e6:10.1f} MB "
@@ -806,6 +891,7 @@ class _Run:
     cache: LayerCache | None
     learned: dict[str, tuple[str, int]]
     kept: dict[str, Path]
+    present: frozenset[str] = frozenset()
 
 
 def _copy_blob(run: _Run, fd: int, offset: int, size: int, expected: str) -> bool:
@@ -844,10 +930,11 @@ def _from_cache(run: _Run, layer: SavedLayer) -> tuple[str, str, int] | None:
     return None
 
 
-def _rewrite(run: _Run, layer: SavedLayer) -> tuple[str, int, int]:
+def _rewrite(
+    run: _Run, layer: SavedLayer, parsed: tuple[_Plan, int] | None = None
+) -> tuple[str, int, int]:
     """Write the canonical tar of a layer: (diff_id, size, entry count)."""
-    members = layer.members()
-    plan = _plan_layer(members, run.epoch, run.mtime)
+    plan, entries = _parse(run, layer) if parsed is None else parsed
     with ExitStack() as stack:
         tee = None
         if run.cache is not None and run.cache.has_room(plan.size, run.kept):
@@ -864,35 +951,126 @@ def _rewrite(run: _Run, layer: SavedLayer) -> tuple[str, int, int]:
             os.unlink(tee.name)
         else:
             run.kept[digest] = Path(tee.name)
-    return digest, plan.size, len(members)
+    return digest, plan.size, entries
+
+
+def _parse(run: _Run, layer: SavedLayer) -> tuple[_Plan, int]:
+    """The canonical plan of a layer and its entry count (reads headers only)."""
+    members = layer.members()
+    return _plan_layer(members, run.epoch, run.mtime), len(members)
+
+
+def _is_canonical(layer: SavedLayer, plan: _Plan) -> bool:
+    """Whether the layer tar already is its canonical form, so that its
+    normalized diff_id is its own: compares headers and padding, not data."""
+    if plan.size != layer.size:
+        return False
+    position = 0
+    for head, offset, size in plan.parts:
+        if size and offset != position + len(head):
+            return False
+        if os.pread(layer.fd, len(head), layer.offset + position) != head:
+            return False
+        position += len(head) + size
+        pad = -size % _BLOCK
+        if pad and os.pread(layer.fd, pad, layer.offset + position) != bytes(pad):
+            return False
+        position += pad
+    end = 2 * _BLOCK
+    return os.pread(layer.fd, end, layer.offset + position) == bytes(end)
+
+
+def _hash_plan(plan: _Plan, layer: SavedLayer, buffer: memoryview) -> str:
+    """The diff_id of the canonical tar, computed without writing it."""
+    sink = _Sink([])
+    _write_plan(sink, plan, layer, buffer)
+    return "sha256:" + sink.digest.hexdigest()
+
+
+def _known(
+    run: _Run, layer: SavedLayer, first: LayerResult | None
+) -> tuple[str, int] | None:
+    """The normalized (diff_id, size) of a layer, when known without reading it:
+    from its earlier copy in this image or from the cache map."""
+    if first is not None:
+        return first.diff_id, first.size
+    if run.cache is None:
+        return None
+    return run.cache.lookup(LayerCache.key(layer.diff_id, run.epoch, run.mtime))
+
+
+def _write_layer(
+    run: _Run, layer: SavedLayer, parsed: tuple[_Plan, int] | None, canonical: bool
+) -> tuple[str, str, int, int]:
+    """Put a layer's canonical tar in the archive: (action, diff_id, size, entries)."""
+    entries = 0 if parsed is None else parsed[1]
+    if canonical:
+        if _copy_blob(run, layer.fd, layer.offset, layer.size, layer.diff_id):
+            return "verbatim", layer.diff_id, layer.size, entries
+    else:
+        copied = _from_cache(run, layer)
+        if copied is not None:
+            return (*copied, entries)
+    return ("rewritten", *_rewrite(run, layer, parsed))
 
 
 def _normalize_layer(
-    run: _Run, layer: SavedLayer, done: dict[str, LayerResult]
+    run: _Run, layer: SavedLayer, parent: str | None, done: dict[str, LayerResult]
 ) -> LayerResult:
-    if layer.diff_id in done:
-        return replace(
-            done[layer.diff_id], index=layer.index, action="repeated", seconds=0.0
-        )
+    """Normalize one layer on top of the chain ``parent`` (None for the first)."""
     start = time.monotonic()
-    copied = _from_cache(run, layer)
-    if copied is None:
-        action = "rewritten"
-        diff_id, size, entries = _rewrite(run, layer)
-    else:
-        (action, diff_id, size), entries = copied, 0
+    first = done.get(layer.diff_id)
+    known = _known(run, layer, first)
+    parsed: tuple[_Plan, int] | None = None
+    canonical = False
+    if known is None and run.present and (parent is None or parent in run.present):
+        # The chain may be present (an engine holds the parents of its chains):
+        # find the normalized diff_id from the headers (a canonical layer is
+        # its own normalized form), else by hashing the canonical tar unwritten.
+        parsed = _parse(run, layer)
+        canonical = _is_canonical(layer, parsed[0])
+        if canonical:
+            known = layer.diff_id, layer.size
+        else:
+            known = _hash_plan(parsed[0], layer, run.out.buffer), parsed[0].size
+    if known is not None:
+        chain = _chain_id(parent, known[0])
+        if chain in run.present:
+            run.out.add_placeholder(chain)
+            entries = 0 if parsed is None else parsed[1]
+            outcome = "present", *known, entries
+            return _finish(run, layer, chain, outcome, start, done)
+        if first is not None and run.out.has(first.diff_id):
+            return replace(
+                first, index=layer.index, chain_id=chain, action="repeated", seconds=0.0
+            )
+    outcome = _write_layer(run, layer, parsed, canonical)
+    return _finish(run, layer, _chain_id(parent, outcome[1]), outcome, start, done)
+
+
+def _finish(
+    run: _Run,
+    layer: SavedLayer,
+    chain: str,
+    outcome: tuple[str, str, int, int],
+    start: float,
+    done: dict[str, LayerResult],
+) -> LayerResult:
+    """Record what became of a layer (cache map, log) and describe it."""
+    action, diff_id, size, entries = outcome
     for source in (layer.diff_id, diff_id):
         run.learned[LayerCache.key(source, run.epoch, run.mtime)] = (diff_id, size)
     result = LayerResult(
         layer.index,
         layer.diff_id,
         diff_id,
+        chain,
         size,
         entries,
         action,
         time.monotonic() - start,
     )
-    done[layer.diff_id] = result
+    done.setdefault(layer.diff_id, result)
     log.info(
         "layer %d %s: %.1f MB in %.2f s (%.0f MB/s) -> %s",
         layer.index,
@@ -921,6 +1099,7 @@ def normalize_archive(
     labels: Mapping[str, str] | None = None,
     mtime: MtimeMode = "clamp",
     cache_keep_bytes: int = 0,
+    present_chains: Collection[str] = (),
 ) -> NormalizeResult:
     """Write a reproducible copy of the ``docker save`` archive ``src`` to ``dst``.
 
@@ -929,6 +1108,10 @@ def normalize_archive(
     for ``docker load``; ``labels`` are merged into the config. With
     ``cache_dir`` layer mappings are remembered there, and up to
     ``cache_keep_bytes`` of normalized layer tars are kept for reuse.
+    A layer whose chain ID is in ``present_chains`` (chains the engine that
+    will load the archive already has) is written as an empty placeholder,
+    not its bytes; the image ID does not change, but the archive then loads
+    only into such an engine.
     The output is written beside ``dst`` and renamed into place when complete.
     """
     if epoch < 0:
@@ -943,12 +1126,23 @@ def normalize_archive(
         image = stack.enter_context(open_saved_image(src, dst.parent))
         file = stack.enter_context(open(partial, "wb", buffering=1 << 20))
         stack.callback(lambda: partial.unlink(missing_ok=True))
-        run = _Run(_ArchiveWriter(file, epoch), epoch, mtime, cache, {}, {})
+        run = _Run(
+            _ArchiveWriter(file, epoch),
+            epoch,
+            mtime,
+            cache,
+            {},
+            {},
+            frozenset(present_chains),
+        )
         stack.callback(_discard, run.kept)
         run.out.add_dir("blobs/")
         run.out.add_dir("blobs/sha256/")
         done: dict[str, LayerResult] = {}
-        layers = tuple(_normalize_layer(run, layer, done) for layer in image.layers)
+        layers: list[LayerResult] = []
+        for layer in image.layers:
+            parent = layers[-1].chain_id if layers else None
+            layers.append(_normalize_layer(run, layer, parent, done))
         diff_ids = tuple(layer.diff_id for layer in layers)
         config = normalize_config(image.config, diff_ids, epoch, labels)
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
@@ -957,7 +1151,7 @@ def normalize_archive(
             {
                 "Config": _blob_path(image_id),
                 "RepoTags": list(tags) or None,
-                "Layers": [_blob_path(diff_id) for diff_id in diff_ids],
+                "Layers": [layer.path for layer in layers],
             }
         ]
         run.out.add_file("manifest.json", canonical_json(manifest))
@@ -973,7 +1167,7 @@ def normalize_archive(
         diff_ids,
         config,
         tuple(tags),
-        layers,
+        tuple(layers),
         dst.stat().st_size,
         time.monotonic() - start,
     )

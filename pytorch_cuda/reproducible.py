@@ -14,7 +14,7 @@ import docker.errors
 
 from . import gitinfo
 from .errors import UserError
-from .normalize import NormalizeResult, normalize_archive
+from .normalize import NormalizeResult, chains_of, normalize_archive
 from .paths import STATE
 from .progress import human_bytes, say
 
@@ -81,7 +81,9 @@ def normalize(client: docker.DockerClient, raw_id: str, name: str,
         say(f"{name}: saving the raw build for normalization")
         save(client, raw_id, raw)
         say(f"{name}: normalizing layers and config (SOURCE_DATE_EPOCH={epoch})")
-        result = normalize_archive(raw, out, epoch, LAYER_CACHE)
+        present = () if keep_archive else chains_of(
+            [i.attrs["RootFS"].get("Layers") or [] for i in client.images.list(all=True)])
+        result = normalize_archive(raw, out, epoch, LAYER_CACHE, present_chains=present)
         raw.unlink()
         say(f"{name}: loading the normalized image {result.image_id[7:19]}")
         with out.open("rb") as data:

@@ -33,6 +33,8 @@ def test_broken_package_pin_fails_and_leaves_no_tag(prod_image, client, tmp_path
     assert "aiohttp==" in text
     lock.write_text(text.replace("aiohttp==", "aiohttp==0.0.0.dev0+", 1))
     before = _targets(client, prod_image)
+    keep = "pytorch-cuda-test-keep"
+    client.images.get(prod_image.ref()).tag(keep, "prod")  # the untag must not delete it
     try:
         proc = subprocess.run(
             [sys.executable, "build.py", "build", prod_image.cell.id, "--variant", "prod",
@@ -48,6 +50,7 @@ def test_broken_package_pin_fails_and_leaves_no_tag(prod_image, client, tmp_path
         for tag, target in before.items():
             if target:
                 client.images.get(target).tag(prod_image.cell.matrix.repository, tag)
+        client.images.remove(f"{keep}:prod", noprune=True)
 
 
 def test_a_pin_changed_by_hand_is_named(prod_image, client, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -43,15 +44,25 @@ def layers(any_image, client, tmp_path_factory):
     return files, config
 
 
+def _public_roots() -> set[bytes]:
+    """Public root stores the host knows (certifi's and pip's), to tell them from a private CA."""
+    import certifi
+    from pip._vendor import certifi as pip_certifi
+
+    return _certs(Path(certifi.where()).read_bytes()) | _certs(
+        Path(pip_certifi.where()).read_bytes())
+
+
 @pytest.fixture(scope="module")
 def build_only_certs(layers):
-    """Certificates the host's build CA bundle has and the image's own Debian bundle lacks."""
+    """Certificates of the build's CA bundle that no public root store has: the private CA."""
     ca = buildenv.ca_bundle(None)
     if not ca:
         pytest.skip("no CA bundle was used by the build on this host")
     files, _ = layers
     debian = set().union(*(_certs(d) for _, p, d in files if p == DEBIAN_BUNDLE))
-    extra = _certs(ca.read_bytes()) - debian
+    extra = _certs(ca.read_bytes()) - debian - _public_roots()
+    assert extra, "the build CA bundle holds no private certificate to look for"
     return extra
 
 

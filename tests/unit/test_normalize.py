@@ -17,6 +17,8 @@ from pytorch_cuda.layerdiff import FileDiff, diff_archives, diff_configs, format
 from pytorch_cuda.normalize import (
     LayerCache,
     canonical_json,
+    chain_ids,
+    chains_of,
     normalize_archive,
     open_saved_image,
     rfc3339,
@@ -572,6 +574,149 @@ def test_cache_is_bounded(tmp_path: Path) -> None:
     kept = list(blobs.iterdir())
     assert [p.name for p in kept] == [result.diff_ids[1][7:]]
     assert kept[0].stat().st_size <= budget + 20_480
+
+
+# --- layers the engine has ----------------------------------------------------
+
+# diff_ids of a four-layer image and the chain IDs an engine's layer store
+# (image/overlay2/layerdb/sha256/<chain>) files those layers under
+ENGINE_DIFF_IDS = [
+    "sha256:99dc33004afe379f715b781abc27848a094dc23c85a42cea7a56a3c421f276e1",
+    "sha256:d815c5dfbea6bfb6b482db110df1e8c7c9f2a81d622f831471b1ac9434eb4a07",
+    "sha256:a93e2a541372becb0286b840d184ec5fbeabba3328d91846d3c03c8f13832322",
+    "sha256:f2ba4a48892b14d021482cdebc9453435727622de160db00757c7b0dbf00ea22",
+]
+ENGINE_CHAIN_IDS = [
+    "sha256:99dc33004afe379f715b781abc27848a094dc23c85a42cea7a56a3c421f276e1",
+    "sha256:dca295f9d27de175ff363f1c29af13e4fb76266faada3033d45e3a65fc0fee18",
+    "sha256:553e2fc61864e4a61af1b162685d9a8e121af51a1f93047173b2da9d76e72e32",
+    "sha256:0e0a1ae02db68262ebd148e2ac334152f807e274983912279dc27ef1049a27fc",
+]
+
+
+def test_chain_ids() -> None:
+    assert chain_ids(ENGINE_DIFF_IDS) == ENGINE_CHAIN_IDS
+    assert chain_ids([]) == []
+    one, two = sha(b"one"), sha(b"two")
+    assert chain_ids([one, two]) == [one, sha(f"{one} {two}".encode())]
+    assert chains_of([ENGINE_DIFF_IDS[:2], ENGINE_DIFF_IDS[:1], [], [two]]) == {
+        *ENGINE_CHAIN_IDS[:2],
+        two,
+    }
+
+
+def archive_layers(path: Path) -> list[tuple[str, int]]:
+    """(path, size) in the archive of each layer in manifest.json."""
+    with tarfile.open(path) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        return [(name, tar.getmember(name).size) for name in manifest[0]["Layers"]]
+
+
+def blank(src: Path, dst: Path, index: int, member: str | None = None) -> Path:
+    """A copy of ``src`` with the bytes of layer ``index`` (or only the data of
+    one file in it) zeroed: a normalization that reads them goes wrong."""
+    with open_saved_image(src) as image:
+        layer = image.layers[index]
+        start, size = layer.offset, layer.size
+        if member is not None:
+            [info] = [m for m in layer.members() if m.name == member]
+            start, size = start + info.offset_data, info.size
+    data = bytearray(src.read_bytes())
+    data[start : start + size] = bytes(size)
+    dst.write_bytes(data)
+    return dst
+
+
+def test_present_layers_are_placeholders(tmp_path: Path) -> None:
+    src = build(tmp_path, "a", when=1_700_000_000)
+    plain = normalize_archive(src, tmp_path / "plain.tar", EPOCH)
+    chains = chain_ids(plain.diff_ids)
+    assert plain.chain_ids == tuple(chains)
+    base = normalize_archive(
+        src, tmp_path / "base.tar", EPOCH, present_chains={chains[0], sha(b"x")}
+    )
+    assert (base.image_id, base.config) == (plain.image_id, plain.config)
+    assert base.chain_ids == plain.chain_ids
+    # no cache: the base layer was hashed to find its chain, not written
+    assert [(x.action, x.entries) for x in base.layers] == [
+        ("present", len(BASE)),
+        ("rewritten", len(APP)),
+    ]
+    assert base.layers[0].written == 0 and base.layers[0].size == plain.layers[0].size
+    layers = archive_layers(base.path)
+    assert layers == [
+        (f"present/sha256/{chains[0][7:]}", 0),
+        archive_layers(plain.path)[1],
+    ]
+    assert layer_bytes(base.path)[1] == layer_bytes(plain.path)[1]
+    assert base.size < plain.size
+    assert "layer 0: present" in base.summary()
+    assert "1 layer(s) the engine has" in base.summary()
+    both = normalize_archive(src, tmp_path / "both.tar", EPOCH, present_chains=chains)
+    assert both.image_id == plain.image_id
+    assert [size for _, size in archive_layers(both.path)] == [0, 0]
+
+
+def test_absent_chains_change_nothing(tmp_path: Path) -> None:
+    src = build(tmp_path, "a", when=1_700_000_000)
+    plain = normalize_archive(src, tmp_path / "plain.tar", EPOCH)
+    # the right top layer on another base is another chain
+    elsewhere = chain_ids([sha(b"other base"), plain.diff_ids[1]])
+    other = normalize_archive(
+        src, tmp_path / "other.tar", EPOCH, present_chains=elsewhere
+    )
+    assert [x.action for x in other.layers] == ["rewritten"] * 2
+    assert other.path.read_bytes() == plain.path.read_bytes()
+
+
+def test_repeated_layer_below_and_above_present_chain(tmp_path: Path) -> None:
+    again = layer_tar(BASE, 1_700_000_000)
+    src = build(tmp_path, "a", when=1_700_000_000, extra=(again,))
+    plain = normalize_archive(src, tmp_path / "plain.tar", EPOCH)
+    chains = chain_ids(plain.diff_ids)
+    result = normalize_archive(
+        src, tmp_path / "out.tar", EPOCH, present_chains=chains[:2]
+    )
+    assert result.image_id == plain.image_id
+    assert [x.action for x in result.layers] == ["present", "present", "rewritten"]
+    layers = archive_layers(result.path)
+    assert [size for _, size in layers[:2]] == [0, 0]
+    assert layers[2] == archive_layers(plain.path)[0]
+    assert sha(layer_bytes(result.path)[2]) == plain.diff_ids[2] == plain.diff_ids[0]
+
+
+def test_cache_map_decides_without_reading(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    src = build(tmp_path, "a", when=1_700_000_000)
+    first = normalize_archive(src, tmp_path / "1.tar", EPOCH, cache)
+    blind = blank(src, tmp_path / "blind.tar", 0)
+    result = normalize_archive(
+        blind,
+        tmp_path / "2.tar",
+        EPOCH,
+        cache,
+        present_chains=first.chain_ids[:1],
+    )
+    assert [(x.action, x.entries) for x in result.layers] == [
+        ("present", 0),
+        ("rewritten", len(APP)),
+    ]
+    assert result.image_id == first.image_id
+    assert layer_bytes(result.path)[1] == layer_bytes(first.path)[1]
+
+
+def test_canonical_layer_decides_from_headers(tmp_path: Path) -> None:
+    once = normalize_archive(
+        build(tmp_path, "a", when=1_700_000_000), tmp_path / "once.tar", EPOCH
+    )
+    # the data of a file in the base layer is never read; headers are
+    blind = blank(once.path, tmp_path / "blind.tar", 0, "usr/lib/alias.so")
+    result = normalize_archive(
+        blind, tmp_path / "out.tar", EPOCH, present_chains=once.chain_ids[:1]
+    )
+    assert [x.action for x in result.layers] == ["present", "verbatim"]
+    assert result.image_id == once.image_id
+    assert layer_bytes(result.path)[1] == layer_bytes(once.path)[1]
 
 
 # --- diff ---------------------------------------------------------------------

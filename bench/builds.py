@@ -1,0 +1,343 @@
+"""Build time: cold builds of the default cell against a naive Dockerfile, and rebuilds.
+
+* cold: dev with no build cache at all (the base image is kept), then prod with
+  only what the dev build just made as its cache (`cache_from`), as a first
+  `make image` on a fresh machine would; versus a naive single-stage
+  Dockerfile (below) on the same base, also with no cache. Runs alternate.
+* no-op: dev and prod again from the unchanged context, cache on.
+* dev-only change: dev with one LABEL added at the top of its final stage,
+  so every step of that stage runs again; the build output is searched for
+  pip's "Collecting"/"Downloading" lines (no Python package may come again).
+
+Every image is tagged under the bench repository and removed at the end, with
+every intermediate image these builds created; the project's own tags and
+their parents are never touched.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from pytorch_cuda import base, buildenv, builder, debian, gitinfo, locking, reproducible
+from pytorch_cuda.context import write_context
+from pytorch_cuda.matrix import Image
+from pytorch_cuda.progress import say
+
+from . import sizes
+from .session import BenchError, Session
+from .stats import ratio, rotated, summary
+
+ID_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
+PY_DOWNLOAD_RE = re.compile(r"^\s*(Collecting|Downloading) \S")
+APT_FETCH_RE = re.compile(r"^Get:\d+ ")
+SUCCESS_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
+DEV_STAGE_RE = re.compile(r"^FROM \S+ AS dev[ \t]*$", re.MULTILINE | re.IGNORECASE)
+TAIL_LINES = 30
+
+NAIVE_DOCKERFILE = """\
+FROM {base}
+RUN apt-get update && apt-get install -y python{python} python{python}-venv \\
+ && rm -rf /var/lib/apt/lists/*
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+COPY ca.crt /tmp/ca.crt
+RUN python{python} -m venv /venv \\
+ && if [ -s /tmp/ca.crt ]; then export PIP_CERT=/tmp/ca.crt; fi \\
+ && /venv/bin/pip install --no-cache-dir {torch}
+ENV PATH=/venv/bin:$PATH
+"""
+
+
+@dataclass
+class Built:
+    """One build through the engine's API, as this module follows it."""
+
+    name: str
+    tag: str
+    image_id: str = ""
+    seconds: float = 0.0
+    steps: int = 0
+    cached_steps: int = 0
+    created: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    python_downloads: list[str] = field(default_factory=list)
+    apt_fetches: int = 0
+    own_cache: bool = False  # cache hits can only be images this run made (cache_from)
+    normalize_seconds: float = 0.0
+    final_id: str = ""  # the normalized image where the project normalizes, else image_id
+
+    @property
+    def total_seconds(self) -> float:
+        return self.seconds + self.normalize_seconds
+
+
+class _Follower:
+    """Reads the classic builder's output: steps, cache hits, image IDs, downloads."""
+
+    def __init__(self, built: Built, session: Session) -> None:
+        self.built = built
+        self.session = session
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.is_from = False
+        self.cached = False
+        self.error: str | None = None
+
+    def feed(self, chunk: dict) -> None:
+        if "error" in chunk or "errorDetail" in chunk:
+            self.error = chunk.get("error") or chunk["errorDetail"].get("message", "")
+            return
+        if isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
+            self.built.image_id = chunk["aux"]["ID"]
+        for line in chunk.get("stream", "").splitlines():
+            self.line(line)
+
+    def line(self, line: str) -> None:
+        if not line.strip():
+            return
+        self.tail.append(line)
+        built = self.built
+        step = builder.STEP_RE.match(line)
+        if step:
+            self.is_from = step.group(3).upper().startswith("FROM ")
+            self.cached = False
+            if not self.is_from:
+                built.steps += 1
+            say(f"  {built.name} step {step.group(1)}/{step.group(2)}: {step.group(3)[:90]}")
+            return
+        if line.strip() == "---> Using cache":
+            self.cached = True
+            return
+        match = ID_RE.match(line)
+        if match and not self.is_from:
+            if self.cached:
+                built.cached_steps += 1
+                built.reused.append(match.group(1))
+                if built.own_cache:  # images restored from this run's cache are this run's
+                    self.session.track_image(match.group(1))
+            else:
+                built.created.append(match.group(1))
+                self.session.track_image(match.group(1))
+            return
+        if PY_DOWNLOAD_RE.match(line):
+            built.python_downloads.append(line.strip()[:160])
+        elif APT_FETCH_RE.match(line):
+            built.apt_fetches += 1
+        success = SUCCESS_RE.match(line)
+        if success and not built.image_id:
+            built.image_id = success.group(1)
+
+
+def build(session: Session, context: bytes, dockerfile: str, name: str, *, nocache: bool,
+          buildargs: dict[str, str], labels: dict[str, str] | None = None,
+          cache_from: list[str] | None = None) -> Built:
+    """Build one image from a context tar, tagged `bench:name`; follow and time it."""
+    built = Built(name, session.bench_tag(name), own_cache=bool(cache_from))
+    follower = _Follower(built, session)
+    say(f"building {name} ({'no cache' if nocache else 'cache on'}"
+        f"{', cache from this run only' if cache_from else ''})")
+    session.track_image(built.tag)
+    started = time.monotonic()
+    try:
+        for chunk in session.client.api.build(
+            fileobj=io.BytesIO(context), custom_context=True, dockerfile=dockerfile,
+            tag=built.tag, buildargs=buildargs, labels=labels or {}, rm=True, forcerm=True,
+            pull=False, nocache=nocache, cache_from=cache_from, decode=True,
+        ):
+            follower.feed(chunk)
+            if follower.error:
+                break
+    except Exception as exc:
+        follower.error = follower.error or str(getattr(exc, "explanation", None) or exc)
+    built.seconds = time.monotonic() - started
+    if follower.error or not built.image_id:
+        tail = "\n".join(follower.tail)
+        raise BenchError(f"building {name} failed: {(follower.error or 'no image').strip()}\n"
+                         f"--- last lines of the build output ---\n{tail}")
+    say(f"built {name} in {built.seconds:.1f} s ({built.cached_steps}/{built.steps} steps "
+        f"from cache, {len(built.python_downloads)} pip download lines)")
+    return built
+
+
+NORMALIZES = bool(getattr(builder.BuildOptions(), "normalize", False))
+
+
+def normalize(session: Session, built: Built, cold: bool) -> None:
+    """Normalize a raw build as `build.py build` does, timing it; cold: as on a new machine.
+
+    A cold normalization writes every layer (none is skipped because the engine already
+    holds it); otherwise it takes the project's shortcuts (a raw build normalized before).
+    """
+    built.final_id = built.image_id
+    if not NORMALIZES:
+        return
+    keep = session.scratch("normalize") / "image.tar" if cold else None
+    try:
+        done = reproducible.normalize(session.client, built.image_id, built.name,
+                                      keep_archive=keep)
+    finally:
+        if keep:
+            keep.unlink(missing_ok=True)
+    built.normalize_seconds = done.seconds
+    built.final_id = done.image_id
+    session.track_image(done.image_id)
+
+
+def discard(session: Session, builds: list[Built]) -> None:
+    """Remove the images of some builds now (disk space between runs).
+
+    Cache hits are removed only where they can be this run's own (cache_from builds):
+    elsewhere they are the project's cached stages, which must stay.
+    """
+    refs = [r for b in builds for r in (*b.created, *(b.reused if b.own_cache else ()), b.tag,
+                                         *([b.final_id] if b.final_id else []))]
+    session.discard(refs)
+
+
+def with_dev_change(context: bytes, dockerfile: str, line: str) -> bytes:
+    """A copy of a context tar whose `dockerfile` has `line` right after `FROM ... AS dev`."""
+    out = io.BytesIO()
+    found = False
+    with tarfile.open(fileobj=io.BytesIO(context)) as src, \
+            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src:
+            handle = src.extractfile(member) if member.isfile() else None
+            data = handle.read() if handle else None
+            if member.name == dockerfile and data is not None:
+                text = data.decode()
+                match = DEV_STAGE_RE.search(text)
+                if not match:
+                    raise BenchError(f"{dockerfile} has no `FROM ... AS dev` line to change after")
+                text = text[:match.end()] + "\n" + line + text[match.end():]
+                data = text.encode()
+                member.size = len(data)
+                found = True
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    if not found:
+        raise BenchError(f"the build context has no {dockerfile}")
+    return out.getvalue()
+
+
+def naive_context(session: Session, ca: bytes) -> tuple[bytes, str]:
+    """The naive single-stage Dockerfile (with the host CA bundle for pip) as a context tar."""
+    cell = session.cell
+    text = NAIVE_DOCKERFILE.format(base=session.base_ref, python=cell.os.python,
+                                   torch=cell.torch_requirement)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (("Dockerfile", text.encode()), ("ca.crt", ca)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue(), text
+
+
+def _dockerfile(image: Image) -> str:
+    return f"images/{image.cell.id}/{image.variant}/Dockerfile"
+
+
+def _project_context(session: Session) -> tuple[bytes, bytes, str]:
+    """(context tar, CA bundle bytes, base image ID) exactly as `build.py build` makes them."""
+    cell = session.cell
+    locking.require_locked(cell)
+    base_id = base.ensure_base(session.client, cell, debian.host_mirrors(None, None))
+    ca = buildenv.ca_bundle(None)
+    path = session.scratch("context") / "context.tar"
+    write_context(cell, ca, path, gitinfo.source_date_epoch())
+    return path.read_bytes(), ca.read_bytes() if ca else b"", base_id
+
+
+def _times(built: list[Built]) -> dict:
+    return {"seconds": summary([b.total_seconds for b in built]),
+            "build_s": summary([b.seconds for b in built]),
+            "normalize_s": summary([b.normalize_seconds for b in built])}
+
+
+def measure(session: Session, runs: int, build_runs: int) -> dict:
+    """No-op and dev-only rebuilds, then cold project builds alternating with naive ones."""
+    cell = session.cell
+    context, ca, base_id = _project_context(session)
+    args = buildenv.build_args(cell)
+    labels = {img.variant: builder.build_labels(img, base_id) for img in (session.dev, session.prod)}
+    result: dict = {"runs": runs, "build_runs": build_runs, "normalizes": NORMALIZES}
+
+    noop: dict[str, list[Built]] = {"dev": [], "prod": []}
+    for turn in range(runs):
+        for variant in rotated(["dev", "prod"], turn):
+            image = cell.image(variant)
+            got = build(session, context, _dockerfile(image), f"noop-{variant}-{turn}",
+                        nocache=False, buildargs=args, labels=labels[variant])
+            normalize(session, got, cold=False)
+            noop[variant].append(got)
+            discard(session, [got])
+    result["noop"] = {variant: {
+        **_times(built), "steps": built[-1].steps, "cached_steps": built[-1].cached_steps,
+        "same_image_as_tagged": built[-1].final_id == session.image_id(cell.image(variant).ref()),
+        "python_download_lines": len(built[-1].python_downloads),
+    } for variant, built in noop.items()}
+
+    changes: list[Built] = []
+    for turn in range(build_runs):
+        line = f'LABEL io.pytorch-cuda.bench-change="{turn}-{time.time_ns()}"'
+        changed = with_dev_change(context, _dockerfile(session.dev), line)
+        got = build(session, changed, _dockerfile(session.dev), f"devchange-{turn}",
+                    nocache=False, buildargs=args, labels=labels["dev"])
+        normalize(session, got, cold=False)
+        changes.append(got)
+        discard(session, [got])
+    result["dev_change"] = {
+        **_times(changes),
+        "change": "LABEL io.pytorch-cuda.bench-change=... right after `FROM runtime AS dev`",
+        "steps": changes[-1].steps, "rebuilt_steps": changes[-1].steps - changes[-1].cached_steps,
+        "python_download_lines": sum(len(b.python_downloads) for b in changes),
+        "python_download_examples": [x for b in changes for x in b.python_downloads][:10],
+        "apt_fetches": changes[-1].apt_fetches,
+    }
+
+    naive_ctx, naive_text = naive_context(session, ca)
+    cold: list[tuple[Built, Built]] = []
+    naive: list[Built] = []
+    for turn in range(build_runs):
+        last = turn == build_runs - 1
+        for kind in rotated(["project", "naive"], turn):
+            if kind == "naive":
+                got = build(session, naive_ctx, "Dockerfile", f"naive-{turn}", nocache=True,
+                            buildargs=args)
+                naive.append(got)
+                if not last:
+                    discard(session, [got])
+                continue
+            dev = build(session, context, _dockerfile(session.dev), f"cold-dev-{turn}",
+                        nocache=True, buildargs=args, labels=labels["dev"])
+            normalize(session, dev, cold=True)
+            prod = build(session, context, _dockerfile(session.prod), f"cold-prod-{turn}",
+                         nocache=False, buildargs=args, labels=labels["prod"],
+                         cache_from=dev.created)
+            normalize(session, prod, cold=True)
+            cold.append((dev, prod))
+            discard(session, [prod, dev])
+    totals = [d.total_seconds + p.total_seconds for d, p in cold]
+    result["cold"] = {
+        "total_s": summary(totals),
+        "build_s": summary([d.seconds + p.seconds for d, p in cold]),
+        "normalize_s": summary([d.normalize_seconds + p.normalize_seconds for d, p in cold]),
+        "dev": _times([d for d, _ in cold]), "prod": _times([p for _, p in cold]),
+        "prod_cached_steps": cold[-1][1].cached_steps, "prod_steps": cold[-1][1].steps,
+        "reproduces_tagged": {
+            variant: built.final_id == session.image_id(cell.image(variant).ref())
+            for variant, built in (("dev", cold[-1][0]), ("prod", cold[-1][1]))},
+    }
+    result["naive"] = {"seconds": summary([b.seconds for b in naive]), "dockerfile": naive_text}
+    result["ratio_cold_vs_naive"] = ratio(result["cold"]["total_s"]["median"],
+                                          result["naive"]["seconds"]["median"])
+    result["ratio_cold_build_only_vs_naive"] = ratio(result["cold"]["build_s"]["median"],
+                                                     result["naive"]["seconds"]["median"])
+    say("measuring the naive image's size")
+    layers = sizes.layer_sizes(session.client, [naive[-1].tag])
+    result["naive_image"] = sizes.image_figures(session.client, naive[-1].tag, layers)
+    discard(session, naive[-1:])
+    return result
