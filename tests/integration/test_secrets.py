@@ -62,7 +62,8 @@ def build_only_certs(layers):
     files, _ = layers
     debian = set().union(*(_certs(d) for _, p, d in files if p == DEBIAN_BUNDLE))
     extra = _certs(ca.read_bytes()) - debian - _public_roots()
-    assert extra, "the build CA bundle holds no private certificate to look for"
+    if not extra:
+        pytest.skip("the build's CA bundle holds only public roots: no private CA to look for")
     return extra
 
 
