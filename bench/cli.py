@@ -131,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     data["load_average_end"] = facts.load_average()
     data["other_containers_end"] = _other_containers(client)
+    before = (data["load_average_start"] or [0.0])[0]
+    cores = data["machine"]["cpu_cores"] or 1
+    if before > cores / 2 or data["other_containers_start"] or data["other_containers_end"]:
+        session.notes.append(f"other work shared the machine (1-minute load average {before:.1f} "
+                             f"on {cores} cores when this run started; other containers running: "
+                             f"{data['other_containers_start']} at start, "
+                             f"{data['other_containers_end']} at end), so timings are noisy; "
+                             "ratios from the same run are the figures to trust most")
     data["notes"] = session.notes
     paths = report.write(data, args.out)
     for path in paths:

@@ -219,8 +219,11 @@ def _startup(data: dict) -> list[str]:
         ['`python -c "import torch"` exited', seconds(s["import_torch"])],
         ["`true` exited (the engine's own cost of a container)", seconds(s["true"])],
     ])
+    own = s["true"]["median"]
     lines += [f"- First inference / `import torch`: "
-              f"{times(s['ratio_first_inference_vs_import_torch'])}.", ""]
+              f"{times(s['ratio_first_inference_vs_import_torch'])}. Net of the container's own "
+              f"cost (`true`): first inference {s['first_inference']['median'] - own:.2f} s, "
+              f"`import torch` {s['import_torch']['median'] - own:.2f} s.", ""]
     return lines
 
 

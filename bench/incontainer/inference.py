@@ -5,8 +5,10 @@ models (``ptc_checks.models`` on PYTHONPATH); prints one JSON object on stdout.
 Only torch and the standard library are used.
 
 For every model, batch size and device the four variants are built from the
-same weights, warmed up, then timed in interleaved rounds (the order rotates
-each round) so that a slow spell of the machine hits every variant alike.
+same weights, warmed up, then timed in rounds. Each round alternates the
+variants in short slices (the order rotating from slice to slice), so that a
+slow spell of a shared machine hits every variant alike; a round's median per
+variant is one run of the figure.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ MODES = ("eager", "script", "trace", "freeze")
 WARMUP_CALLS = 30
 WARMUP_SECONDS = 0.3
 CALIBRATION_CALLS = 10
-MIN_CALLS, MAX_CALLS = 20, 2000
+SLICES = 10  # each round alternates the variants in this many short slices
+MAX_CALLS = 200  # per variant and slice
 
 
 class TransformerBlock(nn.Module):
@@ -111,14 +114,19 @@ def bench_one(name: str, batch: int, device: str, rounds: int, budget: float) ->
                 time_calls(fn, x, 1, sync)
                 warm += 1
             per_call = statistics.median(time_calls(fn, x, CALIBRATION_CALLS, sync)) / 1e6
-            calls[mode] = max(MIN_CALLS, min(MAX_CALLS, int(budget / rounds / len(fns) / per_call)))
+            share = budget / rounds / SLICES / len(fns)
+            calls[mode] = max(1, min(MAX_CALLS, int(share / per_call)))
             outputs[mode] = fn(x).float().cpu()
         samples: dict[str, list[float]] = {m: [] for m in fns}
         medians: dict[str, list[float]] = {m: [] for m in fns}
-        for r in range(rounds):
-            order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
-            for mode in order:
-                got = time_calls(fns[mode], x, calls[mode], sync)
+        turn = 0
+        for _ in range(rounds):
+            this_round: dict[str, list[float]] = {m: [] for m in fns}
+            for _ in range(SLICES):
+                for mode in MODES[turn % len(MODES):] + MODES[:turn % len(MODES)]:
+                    this_round[mode] += time_calls(fns[mode], x, calls[mode], sync)
+                turn += 1
+            for mode, got in this_round.items():
                 samples[mode] += got
                 medians[mode].append(statistics.median(got))
     results = []

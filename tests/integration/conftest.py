@@ -125,8 +125,9 @@ def expected_pins(image: Image) -> dict:
         "cudnn": major * 10000 + minor * 100 + patch,
         "nccl": matrix.nccl,
         "arch_list": cell.cuda.arch_list,
-        "os": {"id": cell.os.distro, "version_id": cell.os.version,
-               "codename": cell.os.name},
+        "os_id": cell.os.distro,
+        "os_version_id": cell.os.version,
+        "os_codename": cell.os.name,
         "packages": packages,
     }
 
