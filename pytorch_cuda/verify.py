@@ -5,7 +5,7 @@ from __future__ import annotations
 import docker
 import docker.errors
 
-from . import builder, reproducible
+from . import builder, gitinfo, reproducible
 from .errors import UserError
 from .layerdiff import diff_archives, diff_configs, format_diff
 from .matrix import Image
@@ -16,11 +16,16 @@ from .progress import say, table
 def _reference(client: docker.DockerClient, image: Image, against: str | None) -> str | None:
     ref = against or image.ref()
     try:
-        return client.images.get(ref).id
+        found = client.images.get(ref)
     except docker.errors.ImageNotFound:
         if against:
             raise UserError(f"--against {against}: no such image on the engine") from None
         return None
+    built_from = found.labels.get("org.opencontainers.image.revision", "")
+    if built_from != gitinfo.revision():
+        raise UserError(f"{ref} was built from revision {built_from or 'unknown'}, not "
+                        f"{gitinfo.revision()}: build it first, or use --twice")
+    return found.id
 
 
 def _fresh(client: docker.DockerClient, image: Image, context, base_id: str,
