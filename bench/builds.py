@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import tarfile
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pytorch_cuda import base, buildenv, builder, debian, gitinfo, locking, reproducible
 from pytorch_cuda.context import write_context
 from pytorch_cuda.matrix import Image
-from pytorch_cuda.progress import say
+from pytorch_cuda.paths import STATE
+from pytorch_cuda.progress import human_bytes, say
 
 from . import sizes
 from .session import BenchError, Session
@@ -38,6 +42,7 @@ APT_FETCH_RE = re.compile(r"^Get:\d+ ")
 SUCCESS_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
 DEV_STAGE_RE = re.compile(r"^FROM \S+ AS dev[ \t]*$", re.MULTILINE | re.IGNORECASE)
 TAIL_LINES = 30
+DISK_NEEDED = 30_000_000_000  # a cold dev image, its saved raw copy and its normalized copy
 
 NAIVE_DOCKERFILE = """\
 FROM {base}
@@ -240,6 +245,18 @@ def _dockerfile(image: Image) -> str:
     return f"images/{image.cell.id}/{image.variant}/Dockerfile"
 
 
+def _check_disk(session: Session) -> None:
+    """Warn when a cold build (raw image, saved and normalized copies) may not fit."""
+    for folder in (Path(tempfile.gettempdir()), STATE):
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+        if free < DISK_NEEDED:
+            session.notes.append(f"only {human_bytes(free)} was free in {folder} at the start of "
+                                 f"the build part; a cold build needs about "
+                                 f"{human_bytes(DISK_NEEDED)}")
+            say(f"warning: {session.notes[-1]}")
+
+
 def _project_context(session: Session) -> tuple[bytes, bytes, str]:
     """(context tar, CA bundle bytes, base image ID) exactly as `build.py build` makes them."""
     cell = session.cell
@@ -260,6 +277,7 @@ def _times(built: list[Built]) -> dict:
 def measure(session: Session, runs: int, build_runs: int) -> dict:
     """No-op and dev-only rebuilds, then cold project builds alternating with naive ones."""
     cell = session.cell
+    _check_disk(session)
     context, ca, base_id = _project_context(session)
     args = buildenv.build_args(cell)
     labels = {img.variant: builder.build_labels(img, base_id) for img in (session.dev, session.prod)}
@@ -291,7 +309,8 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         discard(session, [got])
     result["dev_change"] = {
         **_times(changes),
-        "change": "LABEL io.pytorch-cuda.bench-change=... right after `FROM runtime AS dev`",
+        "change": 'LABEL io.pytorch-cuda.bench-change="<run>-<time>" inserted after '
+                  "`FROM runtime AS dev`",
         "steps": changes[-1].steps, "rebuilt_steps": changes[-1].steps - changes[-1].cached_steps,
         "python_download_lines": sum(len(b.python_downloads) for b in changes),
         "python_download_examples": [x for b in changes for x in b.python_downloads][:10],

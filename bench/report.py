@@ -197,7 +197,7 @@ def _build(data: dict) -> list[str]:
     lines += [f"- Cold project build / naive build: {times(b['ratio_cold_vs_naive'])}"
               + (f" ({times(b['ratio_cold_build_only_vs_naive'])} without normalization)"
                  if norm else "") + ".",
-              f"- The dev-only change is `{change['change']}`; "
+              f"- The dev-only change: {change['change']}; "
               + ("no Python package was downloaded again." if not change["python_download_lines"]
                  else "Python packages were downloaded again: "
                  + "; ".join(change["python_download_examples"][:3]) + "."),
