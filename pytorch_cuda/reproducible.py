@@ -65,26 +65,36 @@ def save(client: docker.DockerClient, image_id: str, path: Path) -> None:
             out.write(chunk)
 
 
-def normalize(client: docker.DockerClient, raw_id: str, name: str,
-              keep_archive: Path | None = None) -> Normalized:
-    """The normalized twin of a raw build (reused when this raw build was normalized before)."""
-    started = time.monotonic()
-    known = _mapping().get(raw_id)
-    if known and _exists(client, known) and keep_archive is None:
-        say(f"{name}: normalized before ({known[7:19]})")
-        return Normalized(known, time.monotonic() - started, True)
+def write_normalized(client: docker.DockerClient, raw_id: str, name: str,
+                     out: Path) -> NormalizeResult:
+    """Save a raw build and write its normalized archive to `out`; layers whose chain the
+    engine already has are left out (the archive then loads only into this engine)."""
     epoch = gitinfo.source_date_epoch()
     WORK.mkdir(parents=True, exist_ok=True)
     raw = WORK / f"{raw_id[7:19]}.raw.tar"
-    out = keep_archive or WORK / f"{raw_id[7:19]}.tar"
     try:
         say(f"{name}: saving the raw build for normalization")
         save(client, raw_id, raw)
         say(f"{name}: normalizing layers and config (SOURCE_DATE_EPOCH={epoch})")
-        present = () if keep_archive else chains_of(
+        present = chains_of(
             [i.attrs["RootFS"].get("Layers") or [] for i in client.images.list(all=True)])
-        result = normalize_archive(raw, out, epoch, LAYER_CACHE, present_chains=present)
-        raw.unlink()
+        return normalize_archive(raw, out, epoch, LAYER_CACHE, present_chains=present)
+    except OSError as exc:
+        raise UserError(f"{name}: normalization failed ({exc}); is there room in {WORK}?") from None
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def normalize(client: docker.DockerClient, raw_id: str, name: str) -> Normalized:
+    """The normalized twin of a raw build, loaded (reused when normalized before)."""
+    started = time.monotonic()
+    known = _mapping().get(raw_id)
+    if known and _exists(client, known):
+        say(f"{name}: normalized before ({known[7:19]})")
+        return Normalized(known, time.monotonic() - started, True)
+    out = WORK / f"{raw_id[7:19]}.tar"
+    try:
+        result = write_normalized(client, raw_id, name, out)
         say(f"{name}: loading the normalized image {result.image_id[7:19]}")
         with out.open("rb") as data:
             loaded = client.images.load(data)
@@ -93,11 +103,9 @@ def normalize(client: docker.DockerClient, raw_id: str, name: str,
             raise UserError(f"{name}: the engine loaded {got}, not the normalized "
                             f"{result.image_id}")
     except OSError as exc:
-        raise UserError(f"{name}: normalization failed ({exc}); is there room in {WORK}?") from None
+        raise UserError(f"{name}: loading the normalized image failed ({exc})") from None
     finally:
-        raw.unlink(missing_ok=True)
-        if keep_archive is None:
-            out.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
     _remember(raw_id, result.image_id)
     seconds = time.monotonic() - started
     say(f"{name}: normalized to {result.image_id[7:19]} in {seconds:.0f} s "

@@ -9,7 +9,6 @@ from . import builder, gitinfo, reproducible
 from .errors import UserError
 from .layerdiff import diff_archives, diff_configs, format_diff
 from .matrix import Image
-from .normalize import open_saved_image
 from .progress import say, table
 
 
@@ -30,11 +29,11 @@ def _reference(client: docker.DockerClient, image: Image, against: str | None) -
 
 def _fresh(client: docker.DockerClient, image: Image, context, base_id: str,
            options: builder.BuildOptions, label: str):
-    """A no-cache build of `image`, normalized, its archive kept for comparison."""
+    """A no-cache build of `image` and its normalized archive (not loaded: only compared)."""
     say(f"{image.name}: {label} (no build cache)")
     raw_id, _ = builder.build_raw(client, image, context, base_id, options)
     archive = reproducible.WORK / f"verify-{label.replace(' ', '-')}-{image.variant}.tar"
-    result = reproducible.normalize(client, raw_id, image.name, keep_archive=archive)
+    result = reproducible.write_normalized(client, raw_id, image.name, archive)
     return raw_id, result.image_id, archive
 
 
@@ -53,35 +52,36 @@ def verify(client: docker.DockerClient, images: list[Image], twice: bool,
                 if reference is None:
                     raw_a, id_a, archive_a = _fresh(client, image, context, base_id, options,
                                                     "first build")
-                    to_remove += [raw_a]
+                    to_remove.append(raw_a)
+                    with archive_a.open("rb") as data:
+                        client.images.load(data)  # the second build is compared with it
+                    to_remove.append(id_a)
                 else:
-                    id_a, archive_a = reference, reproducible.WORK / f"verify-reference-{image.variant}.tar"
-                    reproducible.save(client, reference, archive_a)
+                    id_a, archive_a = reference, None
                 raw_b, id_b, archive_b = _fresh(client, image, context, base_id, options,
                                                 "second build" if reference is None else "rebuild")
-                to_remove += [raw_b]
+                to_remove.append(raw_b)
                 same = id_a == id_b
                 ok &= same
-                with open_saved_image(archive_b) as saved:
-                    layers = [layer.diff_id for layer in saved.layers]
                 rows.append([image.name, id_a[7:19], id_b[7:19],
                              "reproducible" if same else "DIFFERS"])
                 if same:
                     print(f"{image.name}: reproducible: image {id_b}")
-                    for i, diff_id in enumerate(layers):
+                    for i, diff_id in enumerate(client.images.get(id_a).attrs["RootFS"]["Layers"]):
                         print(f"  layer {i}: {diff_id}")
                 else:
-                    config = diff_configs(archive_a, archive_b)
+                    archive_a = reproducible.WORK / f"verify-reference-{image.variant}.tar"
+                    reproducible.save(client, id_a, archive_a)
                     print(f"{image.name}: NOT reproducible: {id_a} != {id_b}")
-                    print(format_diff(diff_archives(archive_a, archive_b), config))
-                    to_remove.append(id_b)
+                    print(format_diff(diff_archives(archive_a, archive_b),
+                                      diff_configs(archive_a, archive_b)))
             finally:
                 for path in reproducible.WORK.glob("verify-*.tar"):
                     path.unlink(missing_ok=True)
                 for image_id in to_remove:
                     if image_id != reference:
                         try:
-                            client.images.remove(image_id, force=False)
+                            client.images.remove(image_id, force=True)
                         except docker.errors.APIError:
                             continue
         builder.prune(client, bases)
