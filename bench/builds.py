@@ -180,13 +180,8 @@ def normalize(session: Session, built: Built, cold: bool) -> None:
     built.final_id = built.image_id
     if not NORMALIZES:
         return
-    keep = session.scratch("normalize") / "image.tar" if cold else None
-    try:
-        done = reproducible.normalize(session.client, built.image_id, built.name,
-                                      keep_archive=keep)
-    finally:
-        if keep:
-            keep.unlink(missing_ok=True)
+    done = reproducible.normalize(session.client, built.image_id, built.name,
+                                  reproducible.since_of(session.cell))
     built.normalize_seconds = done.seconds
     built.final_id = done.image_id
     session.track_image(done.image_id)

@@ -139,7 +139,8 @@ def build_image(client: docker.DockerClient, image: Image, context: Path, base_i
         normalize_seconds = 0.0
         final = raw
         if options.normalize:
-            normalized = reproducible.normalize(client, raw.id, image.name)
+            normalized = reproducible.normalize(client, raw.id, image.name,
+                                                reproducible.since_of(image.cell))
             final = client.images.get(normalized.image_id)
             normalize_seconds = normalized.seconds
     except (KeyboardInterrupt, UserError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from .paths import ROOT
+from .paths import IMAGE_INPUTS, ROOT
 
 
 def _git(*args: str) -> str:
@@ -13,11 +13,12 @@ def _git(*args: str) -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def source_date_epoch(path: str | None = None) -> int:
-    """SOURCE_DATE_EPOCH from the environment, else the last commit time (of `path`), else 0."""
+def source_date_epoch() -> int:
+    """SOURCE_DATE_EPOCH from the environment, else the time of the last commit that changed
+    what goes into images (so commits to tests or docs leave every layer as it was), else 0."""
     if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
         return int(os.environ["SOURCE_DATE_EPOCH"])
-    stamp = _git("log", "-1", "--format=%ct", *(["--", path] if path else []))
+    stamp = _git("log", "-1", "--format=%ct", "--", *IMAGE_INPUTS)
     return int(stamp) if stamp.isdigit() else 0
 
 

@@ -82,7 +82,9 @@ DROPPED_CONFIG_KEYS = ("container", "container_config", "docker_version")
 DROPPED_RUN_KEYS = ("Hostname", "Image")
 """``config`` fields set per build (container ID, parent image ID)."""
 
-MtimeMode = Literal["clamp", "set"]
+MtimeMode = Literal["clamp", "set"] | int
+"""``"clamp"``: min(mtime, epoch); ``"set"``: epoch; an int T: epoch for what is newer than T
+(made by the build), the recorded time for what is not (shipped by packages before T)."""
 Source = str | os.PathLike[str] | BinaryIO
 
 _BLOCK = 512
@@ -466,7 +468,13 @@ def _entry(info: tarfile.TarInfo, epoch: int, mtime: MtimeMode) -> _Entry:
             if key.startswith(_XATTR) and key.removeprefix(_XATTR) in KEPT_XATTRS
         )
     )
-    stamp = epoch if mtime == "set" else min(math.floor(info.mtime), epoch)
+    recorded = math.floor(info.mtime)
+    if mtime == "set":
+        stamp = epoch
+    elif mtime == "clamp":
+        stamp = min(recorded, epoch)
+    else:
+        stamp = epoch if recorded > mtime else recorded
     return _Entry(
         name=info.name,
         typeflag=typeflag,
@@ -1116,8 +1124,8 @@ def normalize_archive(
     """
     if epoch < 0:
         raise ValueError("epoch must be a non-negative number of seconds")
-    if mtime not in ("clamp", "set"):
-        raise ValueError(f"mtime must be 'clamp' or 'set', not {mtime!r}")
+    if mtime not in ("clamp", "set") and not (isinstance(mtime, int) and mtime >= 0):
+        raise ValueError(f"mtime must be 'clamp', 'set' or a threshold time, not {mtime!r}")
     start = time.monotonic()
     dst = Path(dst)
     partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")

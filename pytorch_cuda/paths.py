@@ -10,3 +10,6 @@ IMAGES = ROOT / "images"
 LOCKS = ROOT / "locks"
 SERVER = ROOT / "server"
 STATE = ROOT / ".build"
+
+# What the images are made of: the commit time of their last change is SOURCE_DATE_EPOCH.
+IMAGE_INPUTS = ("versions.yaml", "templates", "locks", "images", "server")

@@ -14,6 +14,7 @@ import docker.errors
 
 from . import gitinfo
 from .errors import UserError
+from .matrix import Cell
 from .normalize import NormalizeResult, chains_of, normalize_archive
 from .paths import STATE
 from .progress import human_bytes, say
@@ -31,6 +32,11 @@ class Normalized:
     seconds: float
     reused: bool
     result: NormalizeResult | None = None
+
+
+def since_of(cell: Cell) -> int:
+    """What counts as made by the build: newer than the base's pinned epoch (0: everything)."""
+    return cell.os.bootstrap_epoch or 0
 
 
 def _mapping() -> dict[str, str]:
@@ -65,10 +71,14 @@ def save(client: docker.DockerClient, image_id: str, path: Path) -> None:
             out.write(chunk)
 
 
-def write_normalized(client: docker.DockerClient, raw_id: str, name: str,
-                     out: Path) -> NormalizeResult:
+def write_normalized(client: docker.DockerClient, raw_id: str, name: str, out: Path,
+                     since: int) -> NormalizeResult:
     """Save a raw build and write its normalized archive to `out`; layers whose chain the
-    engine already has are left out (the archive then loads only into this engine)."""
+    engine already has are left out (the archive then loads only into this engine).
+
+    Files newer than `since` (the base's epoch: so, made by this build) get SOURCE_DATE_EPOCH
+    as their mtime; older ones (shipped in the base or in packages) keep theirs. Unlike a plain
+    clamp, this does not depend on when the build ran relative to the commit."""
     epoch = gitinfo.source_date_epoch()
     WORK.mkdir(parents=True, exist_ok=True)
     raw = WORK / f"{raw_id[7:19]}.raw.tar"
@@ -78,14 +88,15 @@ def write_normalized(client: docker.DockerClient, raw_id: str, name: str,
         say(f"{name}: normalizing layers and config (SOURCE_DATE_EPOCH={epoch})")
         present = chains_of(
             [i.attrs["RootFS"].get("Layers") or [] for i in client.images.list(all=True)])
-        return normalize_archive(raw, out, epoch, LAYER_CACHE, present_chains=present)
+        return normalize_archive(raw, out, epoch, LAYER_CACHE, present_chains=present,
+                                 mtime=since)
     except OSError as exc:
         raise UserError(f"{name}: normalization failed ({exc}); is there room in {WORK}?") from None
     finally:
         raw.unlink(missing_ok=True)
 
 
-def normalize(client: docker.DockerClient, raw_id: str, name: str) -> Normalized:
+def normalize(client: docker.DockerClient, raw_id: str, name: str, since: int) -> Normalized:
     """The normalized twin of a raw build, loaded (reused when normalized before)."""
     started = time.monotonic()
     known = _mapping().get(raw_id)
@@ -94,7 +105,7 @@ def normalize(client: docker.DockerClient, raw_id: str, name: str) -> Normalized
         return Normalized(known, time.monotonic() - started, True)
     out = WORK / f"{raw_id[7:19]}.tar"
     try:
-        result = write_normalized(client, raw_id, name, out)
+        result = write_normalized(client, raw_id, name, out, since)
         say(f"{name}: loading the normalized image {result.image_id[7:19]}")
         with out.open("rb") as data:
             loaded = client.images.load(data)

@@ -33,7 +33,8 @@ def _fresh(client: docker.DockerClient, image: Image, context, base_id: str,
     say(f"{image.name}: {label} (no build cache)")
     raw_id, _ = builder.build_raw(client, image, context, base_id, options)
     archive = reproducible.WORK / f"verify-{label.replace(' ', '-')}-{image.variant}.tar"
-    result = reproducible.write_normalized(client, raw_id, image.name, archive)
+    result = reproducible.write_normalized(client, raw_id, image.name, archive,
+                                           reproducible.since_of(image.cell))
     return raw_id, result.image_id, archive
 
 
