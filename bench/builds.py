@@ -171,12 +171,8 @@ def build(session: Session, context: bytes, dockerfile: str, name: str, *, nocac
 NORMALIZES = bool(getattr(builder.BuildOptions(), "normalize", False))
 
 
-def normalize(session: Session, built: Built, cold: bool) -> None:
-    """Normalize a raw build as `build.py build` does, timing it; cold: as on a new machine.
-
-    A cold normalization writes every layer (none is skipped because the engine already
-    holds it); otherwise it takes the project's shortcuts (a raw build normalized before).
-    """
+def normalize(session: Session, built: Built) -> None:
+    """Normalize a raw build as `build.py build` does (with its shortcuts), timing it."""
     built.final_id = built.image_id
     if not NORMALIZES:
         return
@@ -284,7 +280,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
             image = cell.image(variant)
             got = build(session, context, _dockerfile(image), f"noop-{variant}-{turn}",
                         nocache=False, buildargs=args, labels=labels[variant])
-            normalize(session, got, cold=False)
+            normalize(session, got)
             noop[variant].append(got)
             discard(session, [got])
     result["noop"] = {variant: {
@@ -299,7 +295,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         changed = with_dev_change(context, _dockerfile(session.dev), line)
         got = build(session, changed, _dockerfile(session.dev), f"devchange-{turn}",
                     nocache=False, buildargs=args, labels=labels["dev"])
-        normalize(session, got, cold=False)
+        normalize(session, got)
         changes.append(got)
         discard(session, [got])
     result["dev_change"] = {
@@ -327,11 +323,11 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
                 continue
             dev = build(session, context, _dockerfile(session.dev), f"cold-dev-{turn}",
                         nocache=True, buildargs=args, labels=labels["dev"])
-            normalize(session, dev, cold=True)
+            normalize(session, dev)
             prod = build(session, context, _dockerfile(session.prod), f"cold-prod-{turn}",
                          nocache=False, buildargs=args, labels=labels["prod"],
                          cache_from=dev.created)
-            normalize(session, prod, cold=True)
+            normalize(session, prod)
             cold.append((dev, prod))
             discard(session, [prod, dev])
     totals = [d.total_seconds + p.total_seconds for d, p in cold]

@@ -4,7 +4,6 @@ fixed config times) and loaded back, so the same source gives the same image ID.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +121,3 @@ def normalize(client: docker.DockerClient, raw_id: str, name: str, since: int) -
     say(f"{name}: normalized to {result.image_id[7:19]} in {seconds:.0f} s "
         f"({human_bytes(result.size)})")
     return Normalized(result.image_id, seconds, False, result)
-
-
-def clear_work() -> None:
-    """Remove left-over archives of an interrupted normalization."""
-    shutil.rmtree(WORK, ignore_errors=True)
