@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pytorch_cuda.cli import main
-from pytorch_cuda.paths import VERSIONS
+from pytorch_cuda.paths import ROOT, SERVER, VERSIONS
+
+# The model server and the in-image check code are not packages of the driver: put them on the
+# path once, for every unit test that imports them.
+for _path in (SERVER, ROOT / "tests" / "incontainer"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 @pytest.fixture

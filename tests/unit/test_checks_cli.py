@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "incontainer"))
-
 from ptc_checks import results, versions
 
 INCONTAINER = Path(versions.__file__).resolve().parents[1]

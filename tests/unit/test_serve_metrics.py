@@ -7,14 +7,10 @@ import io
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-SERVER = Path(__file__).resolve().parents[2] / "server"
-if str(SERVER) not in sys.path:
-    sys.path.insert(0, str(SERVER))
 logs = importlib.import_module("ptserve.logs")
 metrics = importlib.import_module("ptserve.metrics")
 settings = importlib.import_module("ptserve.settings")

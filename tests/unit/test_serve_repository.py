@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SERVER = Path(__file__).resolve().parents[2] / "server"
-if str(SERVER) not in sys.path:
-    sys.path.insert(0, str(SERVER))
 errors = importlib.import_module("ptserve.errors")
 modelconfig = importlib.import_module("ptserve.modelconfig")
 repository = importlib.import_module("ptserve.repository")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import json
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("numpy")
 
-SERVER = Path(__file__).resolve().parents[2] / "server"
-if str(SERVER) not in sys.path:
-    sys.path.insert(0, str(SERVER))
 codec = importlib.import_module("ptserve.codec")
 errors = importlib.import_module("ptserve.errors")
 modelconfig = importlib.import_module("ptserve.modelconfig")
