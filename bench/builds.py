@@ -22,26 +22,21 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytorch_cuda import base, buildenv, builder, debian, gitinfo, locking, reproducible
-from pytorch_cuda.context import write_context
-from pytorch_cuda.matrix import Image
-from pytorch_cuda.paths import STATE
-from pytorch_cuda.progress import human_bytes, say
+from pytorch_cuda.build import buildenv, builder
+from pytorch_cuda.build.stream import BuildOutput
+from pytorch_cuda.core import names
+from pytorch_cuda.core.paths import STATE
+from pytorch_cuda.core.progress import human_bytes, say
+from pytorch_cuda.repro import roundtrip
 
 from . import sizes
 from .session import BenchError, Session
 from .stats import ratio, rotated, summary
 
-ID_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
-PY_DOWNLOAD_RE = re.compile(r"^\s*(Collecting|Downloading) \S")
-APT_FETCH_RE = re.compile(r"^Get:\d+ ")
-SUCCESS_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
 DEV_STAGE_RE = re.compile(r"^FROM \S+ AS dev[ \t]*$", re.MULTILINE | re.IGNORECASE)
-TAIL_LINES = 30
 DISK_NEEDED = 30_000_000_000  # a cold dev image, its saved raw copy and its normalized copy
 
 NAIVE_DOCKERFILE = """\
@@ -81,94 +76,43 @@ class Built:
         return self.seconds + self.normalize_seconds
 
 
-class _Follower:
-    """Reads the classic builder's output: steps, cache hits, image IDs, downloads."""
-
-    def __init__(self, built: Built, session: Session) -> None:
-        self.built = built
-        self.session = session
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self.is_from = False
-        self.cached = False
-        self.error: str | None = None
-
-    def feed(self, chunk: dict) -> None:
-        if "error" in chunk or "errorDetail" in chunk:
-            self.error = chunk.get("error") or chunk["errorDetail"].get("message", "")
-            return
-        if isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
-            self.built.image_id = chunk["aux"]["ID"]
-        for line in chunk.get("stream", "").splitlines():
-            self.line(line)
-
-    def line(self, line: str) -> None:
-        if not line.strip():
-            return
-        self.tail.append(line)
-        built = self.built
-        step = builder.STEP_RE.match(line)
-        if step:
-            self.is_from = step.group(3).upper().startswith("FROM ")
-            self.cached = False
-            if not self.is_from:
-                built.steps += 1
-            say(f"  {built.name} step {step.group(1)}/{step.group(2)}: {step.group(3)[:90]}")
-            return
-        if line.strip() == "---> Using cache":
-            self.cached = True
-            return
-        match = ID_RE.match(line)
-        if match and not self.is_from:
-            if self.cached:
-                built.cached_steps += 1
-                built.reused.append(match.group(1))
-                if built.own_cache:  # images restored from this run's cache are this run's
-                    self.session.track_image(match.group(1))
-            else:
-                built.created.append(match.group(1))
-                self.session.track_image(match.group(1))
-            return
-        if PY_DOWNLOAD_RE.match(line):
-            built.python_downloads.append(line.strip()[:160])
-        elif APT_FETCH_RE.match(line):
-            built.apt_fetches += 1
-        success = SUCCESS_RE.match(line)
-        if success and not built.image_id:
-            built.image_id = success.group(1)
-
-
 def build(session: Session, context: bytes, dockerfile: str, name: str, *, nocache: bool,
           buildargs: dict[str, str], labels: dict[str, str] | None = None,
           cache_from: list[str] | None = None) -> Built:
-    """Build one image from a context tar, tagged `bench:name`; follow and time it."""
+    """Build one image from a context tar through the builder, tagged `bench:name`; time it."""
     built = Built(name, session.bench_tag(name), own_cache=bool(cache_from))
-    follower = _Follower(built, session)
+
+    def step(number: str, total: str, _stage: str, instruction: str) -> None:
+        say(f"  {name} step {number}/{total}: {instruction[:90]}")
+
+    output = BuildOutput(on_step=step)
     say(f"building {name} ({'no cache' if nocache else 'cache on'}"
         f"{', cache from this run only' if cache_from else ''})")
     session.track_image(built.tag)
     started = time.monotonic()
     try:
-        for chunk in session.client.api.build(
-            fileobj=io.BytesIO(context), custom_context=True, dockerfile=dockerfile,
-            tag=built.tag, buildargs=buildargs, labels=labels or {}, rm=True, forcerm=True,
-            pull=False, nocache=nocache, cache_from=cache_from, decode=True,
-        ):
-            follower.feed(chunk)
-            if follower.error:
-                break
-    except Exception as exc:
-        follower.error = follower.error or str(getattr(exc, "explanation", None) or exc)
+        builder.run_build(session.client, io.BytesIO(context), dockerfile, output,
+                          tag=built.tag, buildargs=buildargs, labels=labels or {},
+                          nocache=nocache, cache_from=cache_from)
+    finally:
+        # images restored from this run's own cache (cache_from) are this run's too
+        for layer in [*output.created, *(output.reused if built.own_cache else [])]:
+            session.track_image(layer)
     built.seconds = time.monotonic() - started
-    if follower.error or not built.image_id:
-        tail = "\n".join(follower.tail)
-        raise BenchError(f"building {name} failed: {(follower.error or 'no image').strip()}\n"
+    built.image_id = output.image_id or ""
+    built.steps, built.cached_steps = output.steps, output.cached_steps
+    built.created, built.reused = output.created, output.reused
+    built.python_downloads, built.apt_fetches = output.python_downloads, output.apt_fetches
+    if output.error or not built.image_id:
+        tail = "\n".join(output.tail)
+        raise BenchError(f"building {name} failed: {(output.error or 'no image').strip()}\n"
                          f"--- last lines of the build output ---\n{tail}")
     say(f"built {name} in {built.seconds:.1f} s ({built.cached_steps}/{built.steps} steps "
         f"from cache, {len(built.python_downloads)} pip download lines)")
     return built
 
 
-NORMALIZES = bool(getattr(builder.BuildOptions(), "normalize", False))
+NORMALIZES = builder.BuildOptions().normalize
 
 
 def normalize(session: Session, built: Built) -> None:
@@ -176,8 +120,8 @@ def normalize(session: Session, built: Built) -> None:
     built.final_id = built.image_id
     if not NORMALIZES:
         return
-    done = reproducible.normalize(session.client, built.image_id, built.name,
-                                  reproducible.since_of(session.cell))
+    done = roundtrip.normalize(session.client, built.image_id, built.name,
+                                  roundtrip.since_of(session.cell))
     built.normalize_seconds = done.seconds
     built.final_id = done.image_id
     session.track_image(done.image_id)
@@ -232,10 +176,6 @@ def naive_context(session: Session, ca: bytes) -> tuple[bytes, str]:
     return out.getvalue(), text
 
 
-def _dockerfile(image: Image) -> str:
-    return f"images/{image.cell.id}/{image.variant}/Dockerfile"
-
-
 def _check_disk(session: Session) -> None:
     """Warn when a cold build (raw image, saved and normalized copies) may not fit."""
     for folder in (Path(tempfile.gettempdir()), STATE):
@@ -250,13 +190,11 @@ def _check_disk(session: Session) -> None:
 
 def _project_context(session: Session) -> tuple[bytes, bytes, str]:
     """(context tar, CA bundle bytes, base image ID) exactly as `build.py build` makes them."""
-    cell = session.cell
-    locking.require_locked(cell)
-    base_id = base.ensure_base(session.client, cell, debian.host_mirrors(None, None))
-    ca = buildenv.ca_bundle(None)
-    path = session.scratch("context") / "context.tar"
-    write_context(cell, ca, path, gitinfo.source_date_epoch())
-    return path.read_bytes(), ca.read_bytes() if ca else b"", base_id
+    options = builder.BuildOptions()
+    with builder.prepared(session.client, session.cell, options) as (path, base_id):
+        context = path.read_bytes()
+    ca = buildenv.ca_bundle(options.ca_cert)
+    return context, ca.read_bytes() if ca else b"", base_id
 
 
 def _times(built: list[Built]) -> dict:
@@ -278,7 +216,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
     for turn in range(runs):
         for variant in rotated(["dev", "prod"], turn):
             image = cell.image(variant)
-            got = build(session, context, _dockerfile(image), f"noop-{variant}-{turn}",
+            got = build(session, context, names.dockerfile_path(image), f"noop-{variant}-{turn}",
                         nocache=False, buildargs=args, labels=labels[variant])
             normalize(session, got)
             noop[variant].append(got)
@@ -291,16 +229,16 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
 
     changes: list[Built] = []
     for turn in range(build_runs):
-        line = f'LABEL io.pytorch-cuda.bench-change="{turn}-{time.time_ns()}"'
-        changed = with_dev_change(context, _dockerfile(session.dev), line)
-        got = build(session, changed, _dockerfile(session.dev), f"devchange-{turn}",
+        line = f'LABEL {names.label("bench-change")}="{turn}-{time.time_ns()}"'
+        changed = with_dev_change(context, names.dockerfile_path(session.dev), line)
+        got = build(session, changed, names.dockerfile_path(session.dev), f"devchange-{turn}",
                     nocache=False, buildargs=args, labels=labels["dev"])
         normalize(session, got)
         changes.append(got)
         discard(session, [got])
     result["dev_change"] = {
         **_times(changes),
-        "change": 'LABEL io.pytorch-cuda.bench-change="<run>-<time>" inserted after '
+        "change": f'LABEL {names.label("bench-change")}="<run>-<time>" inserted after '
                   "`FROM runtime AS dev`",
         "steps": changes[-1].steps, "rebuilt_steps": changes[-1].steps - changes[-1].cached_steps,
         "python_download_lines": sum(len(b.python_downloads) for b in changes),
@@ -321,10 +259,10 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
                 if not last:
                     discard(session, [got])
                 continue
-            dev = build(session, context, _dockerfile(session.dev), f"cold-dev-{turn}",
+            dev = build(session, context, names.dockerfile_path(session.dev), f"cold-dev-{turn}",
                         nocache=True, buildargs=args, labels=labels["dev"])
             normalize(session, dev)
-            prod = build(session, context, _dockerfile(session.prod), f"cold-prod-{turn}",
+            prod = build(session, context, names.dockerfile_path(session.prod), f"cold-prod-{turn}",
                          nocache=False, buildargs=args, labels=labels["prod"],
                          cache_from=dev.created)
             normalize(session, prod)

@@ -10,12 +10,12 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from pytorch_cuda import gitinfo
-from pytorch_cuda.engine import ensure_engine
-from pytorch_cuda.errors import UserError
+from pytorch_cuda.core import gitinfo
+from pytorch_cuda.build.engine import ensure_engine
+from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.matrix import load_matrix
-from pytorch_cuda.paths import VERSIONS
-from pytorch_cuda.progress import human_bytes, say
+from pytorch_cuda.core.paths import VERSIONS
+from pytorch_cuda.core.progress import human_bytes, say
 
 from . import builds, facts, inference, report, server, sizes, startup
 from .session import BENCH_LABEL, BenchError, Session

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 
-from pytorch_cuda.progress import say
+from pytorch_cuda.core.progress import say
 
 from .session import Session
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pytorch_cuda.progress import human_bytes
+from pytorch_cuda.core.progress import human_bytes
 
 from . import chart
 

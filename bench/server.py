@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pytorch_cuda.progress import human_bytes, say
+from pytorch_cuda.core.progress import human_bytes, say
 
 from . import startup
 from .session import BenchError, Session

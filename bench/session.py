@@ -15,14 +15,14 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from pytorch_cuda import base
+from pytorch_cuda.core import names
 from pytorch_cuda.matrix import Cell
-from pytorch_cuda.paths import ROOT
-from pytorch_cuda.progress import say
+from pytorch_cuda.core.paths import ROOT
+from pytorch_cuda.core.progress import say
 
 from . import facts
 
-BENCH_LABEL = "io.pytorch-cuda.bench"
+BENCH_LABEL = names.label("bench")
 INCONTAINER = Path(__file__).resolve().parent / "incontainer"
 CHECKS = ROOT / "tests" / "incontainer"
 MAKE_MODELS = ROOT / "tests" / "integration" / "make_models.py"
@@ -41,7 +41,7 @@ class Session:
         self.cell = cell
         self.dev = cell.image("dev")
         self.prod = cell.image("prod")
-        self.base_ref = base.base_ref(cell)
+        self.base_ref = names.base_ref(cell)
         self.bench_repository = f"{cell.matrix.repository}-bench"
         self.notes: list[str] = []
         self._containers: list[Container] = []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import docker
 
-from pytorch_cuda.progress import human_bytes, say
+from pytorch_cuda.core.progress import human_bytes, say
 
 from .session import BenchError, Session
 

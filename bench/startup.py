@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 
-from pytorch_cuda.progress import say
+from pytorch_cuda.core.progress import say
 
 from .session import BenchError, Session, free_port
 from .stats import ratio, rotated, summary

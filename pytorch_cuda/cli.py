@@ -1,4 +1,4 @@
-"""Command line of the build driver: `python build.py COMMAND ...`."""
+"""Command line of the build driver: `python build.py COMMAND ...`, each command one stage function."""
 
 from __future__ import annotations
 
@@ -6,11 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import debian, locking, render
-from .errors import UserError
-from .matrix import VARIANTS, Matrix, load_matrix
-from .paths import IMAGES, ROOT, VERSIONS
-from .progress import say, table
+from pytorch_cuda.build import builder
+from pytorch_cuda.build.engine import ensure_engine
+from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.paths import IMAGES, ROOT, VERSIONS
+from pytorch_cuda.core.progress import say, table
+from pytorch_cuda.lock import debian, locking
+from pytorch_cuda.matrix import VARIANTS, Image, Matrix, load_matrix
+from pytorch_cuda.publish import pkgdiff, push
+from pytorch_cuda.render import dockerfiles
+from pytorch_cuda.render.lint import lint
+from pytorch_cuda.repro.verify import verify
+from pytorch_cuda.suite import runner
 
 
 def _matrix(args: argparse.Namespace) -> Matrix:
@@ -35,8 +42,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Write images/ (or with --check, list what differs and exit 1)."""
-    files = render.render_tree(_matrix(args))
-    changed = render.differences(files)
+    files = dockerfiles.render_tree(_matrix(args))
+    changed = dockerfiles.differences(files)
     if args.check:
         if changed:
             print(f"{IMAGES.relative_to(ROOT)}/ is not what the templates and matrix produce; "
@@ -46,7 +53,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             return 1
         print(f"images/ is up to date ({len(files)} files)")
         return 0
-    render.write_tree(files)
+    dockerfiles.write_tree(files)
     print(f"rendered {len(files)} files into images/ ({len(changed)} changed)")
     return 0
 
@@ -73,9 +80,51 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def cmd_lint(args: argparse.Namespace) -> int:
     """Run the linters; exit 1 when any finds something."""
-    from .lint import lint
-
     return 0 if lint(_matrix(args)) else 1
+
+
+def selected_images(args: argparse.Namespace) -> list[Image]:
+    """Images of the named cells (default cell when none), optionally one variant."""
+    matrix = _matrix(args)
+    cells = matrix.select(args.cells) if args.cells else [matrix.default_cell]
+    return matrix.images(cells, args.variant)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build images and tag them."""
+    images = selected_images(args)
+    client = ensure_engine()
+    options = builder.BuildOptions(args.ca_cert, args.mirror, args.security_mirror,
+                                   args.quiet, args.no_cache, not args.no_normalize)
+    builder.build(client, images, options)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run the in-container test suite (pytest + testinfra) against built images."""
+    matrix = _matrix(args)
+    cells = runner.cells_to_test(matrix, args.cells, args.all)
+    options = builder.BuildOptions(args.ca_cert, quiet=args.quiet) if args.build else None
+    return runner.build_and_test(matrix, cells, options, args.require_gpu, args.k)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Push tested images: full tags, verified, then aliases; write the release manifest."""
+    options = push.make_options(args.registry, args.date, args.dated, args.manifest_dir)
+    push.publish(ensure_engine(), selected_images(args), options)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    """List the packages added, removed and changed from one image to another."""
+    return pkgdiff.show(ensure_engine(), args.image_a, args.image_b, args.json)
+
+
+def cmd_verify_repro(args: argparse.Namespace) -> int:
+    """Rebuild without cache and compare image IDs; exit 1 when they differ."""
+    matrix = _matrix(args)
+    images = matrix.images([matrix.cell(args.cell)], args.variant)
+    return 0 if verify(ensure_engine(), images, args.twice, args.against) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +149,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lint", help="hadolint, ruff, zizmor and render --check")
     p.set_defaults(func=cmd_lint)
 
-    from . import commands  # the engine-backed commands
+    p = sub.add_parser("build", help="build images (default: the default cell)")
+    p.add_argument("cells", nargs="*", metavar="CELL")
+    p.add_argument("--variant", choices=VARIANTS)
+    p.add_argument("--ca-cert", help="CA bundle for builder stages (default: the host's pip/SSL config)")
+    p.add_argument("--quiet", action="store_true", help="show steps only, not their output")
+    p.add_argument("--no-cache", action="store_true", help="ignore the build cache")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="skip normalization (faster, but not reproducible)")
+    _mirror_options(p)
+    p.set_defaults(func=cmd_build)
 
-    commands.add_commands(sub, _mirror_options, VARIANTS)
+    p = sub.add_parser("verify-repro", help="rebuild without cache and compare image IDs")
+    p.add_argument("cell", metavar="CELL")
+    p.add_argument("--variant", choices=VARIANTS)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--twice", action="store_true",
+                      help="build twice from scratch (default: rebuild and compare with the tagged image)")
+    mode.add_argument("--against", metavar="IMAGE", help="compare with this image instead")
+    p.set_defaults(func=cmd_verify_repro)
+
+    p = sub.add_parser("test", help="in-container tests of built images (default: the default cell)")
+    p.add_argument("cells", nargs="*", metavar="CELL")
+    p.add_argument("--all", action="store_true", help="every cell buildable here")
+    p.add_argument("--build", action="store_true", help="build the images first")
+    p.add_argument("--require-gpu", action="store_true", help="fail, not skip, without a GPU")
+    p.add_argument("--ca-cert", help="CA bundle for builder stages (with --build)")
+    p.add_argument("--quiet", action="store_true", help="with --build: steps only")
+    p.add_argument("-k", help="only tests matching this pytest expression")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("publish", help="push tested images to a registry (default: the default cell)")
+    p.add_argument("cells", nargs="*", metavar="CELL")
+    p.add_argument("--variant", choices=VARIANTS)
+    p.add_argument("--registry", required=True, metavar="HOST[:PORT]/NAMESPACE",
+                   help="where to push; credentials come from 'docker login' or "
+                        "PTC_REGISTRY_USER/PTC_REGISTRY_PASSWORD")
+    p.add_argument("--dated", action="store_true", help="also tag <full tag>-YYYYMMDD")
+    p.add_argument("--date", metavar="YYYYMMDD",
+                   help="the release date (implies --dated; default: SOURCE_DATE_EPOCH, else today, UTC)")
+    p.add_argument("--manifest-dir", help="where release-<date>.json/.md go (default: .build/releases)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("diff", help="packages added, removed and changed between two images")
+    p.add_argument("image_a", metavar="IMAGE_A")
+    p.add_argument("image_b", metavar="IMAGE_B")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_diff)
     return parser
 
 

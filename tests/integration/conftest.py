@@ -14,10 +14,10 @@ import docker
 import docker.errors
 import pytest
 
-from pytorch_cuda import locking
-from pytorch_cuda.engine import ensure_engine
+from pytorch_cuda.build.engine import ensure_engine
+from pytorch_cuda.core.paths import ROOT, VERSIONS
+from pytorch_cuda.lock import locking
 from pytorch_cuda.matrix import Cell, Image, load_matrix
-from pytorch_cuda.paths import ROOT, VERSIONS
 
 from .containers import TrackedContainer
 

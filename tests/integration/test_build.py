@@ -8,7 +8,7 @@ import sys
 
 import docker.errors
 
-from pytorch_cuda.paths import ROOT
+from pytorch_cuda.core.paths import ROOT
 
 from .conftest import CHECK_ENV, CHECK_MOUNTS, checks_command, write_expect
 from .containers import TrackedContainer

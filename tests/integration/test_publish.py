@@ -27,13 +27,15 @@ import docker.errors
 import pytest
 import yaml
 
-from pytorch_cuda import publish, records, retry
+from pytorch_cuda.publish import push
+from pytorch_cuda.suite import records
+from pytorch_cuda.publish import retry
 from pytorch_cuda.cli import main
-from pytorch_cuda.engine import ensure_tool
-from pytorch_cuda.errors import UserError
+from pytorch_cuda.core.host import ensure_tool
+from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.matrix import Image, load_matrix
-from pytorch_cuda.paths import VERSIONS
-from pytorch_cuda.registry import DOCKER_MANIFEST, ENV_PASSWORD, ENV_USER
+from pytorch_cuda.core.paths import VERSIONS
+from pytorch_cuda.publish.registry import DOCKER_MANIFEST, ENV_PASSWORD, ENV_USER
 
 REPOSITORY = "ptc-publish-test"
 NAMESPACE = "ptc"
@@ -196,7 +198,7 @@ def records_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private test-record file and release-manifest directory in place of the project's."""
     path = tmp_path / "test-records.json"
     monkeypatch.setattr(records, "RECORDS", path)
-    monkeypatch.setattr(publish, "RELEASES", tmp_path / "releases")
+    monkeypatch.setattr(push, "RELEASES", tmp_path / "releases")
     return path
 
 
@@ -395,14 +397,14 @@ def test_aliases_wait_for_every_full_tag(capsys, monkeypatch, registry, versions
                                          records_file):
     """The registry going away after the first full tag leaves no alias at all."""
     _tested(built, images, records_file)
-    real_push = publish._push_once
+    real_push = push._push_once
 
     def push_then_lose_registry(*args, **kwargs):
         digest = real_push(*args, **kwargs)
         registry.stop()
         return digest
 
-    monkeypatch.setattr(publish, "_push_once", push_then_lose_registry)
+    monkeypatch.setattr(push, "_push_once", push_then_lose_registry)
     code, _, err = _publish(capsys, versions_file, registry, "--dated")
     assert code == 2
     assert "no alias was moved" in err.strip().splitlines()[-1]
@@ -419,7 +421,7 @@ def test_interrupt_before_aliases_leaves_none(capsys, monkeypatch, client, regis
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(publish, "_verify", interrupted)
+    monkeypatch.setattr(push, "_verify", interrupted)
     code, _, _ = _publish(capsys, versions_file, registry)
     assert code == 130
     assert registry.tags(_repo()) == sorted(i.full_tag for i in images)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda import buildenv
-from pytorch_cuda.normalize import open_saved_image
+from pytorch_cuda.build import buildenv
+from pytorch_cuda.repro.saved import open_saved_image
 
 PEM_RE = re.compile(rb"-----BEGIN CERTIFICATE-----\s*([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----")
 # A whole PEM block (libraries carry the BEGIN line alone as a parser constant).

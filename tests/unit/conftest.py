@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pytorch_cuda.cli import main
-from pytorch_cuda.paths import ROOT, SERVER, VERSIONS
+from pytorch_cuda.core.paths import ROOT, SERVER, VERSIONS
 
 # The model server and the in-image check code are not packages of the driver: put them on the
 # path once, for every unit test that imports them.

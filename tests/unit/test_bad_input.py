@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda.paths import IMAGES
+from pytorch_cuda.core.paths import IMAGES
 
 
 def _error(run_cli, path: Path, *command: str) -> str:

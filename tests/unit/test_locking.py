@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytorch_cuda import debian, locking
+from pytorch_cuda.lock import debian
+from pytorch_cuda.lock import locking
 
 
 @pytest.mark.parametrize("a, b, expected", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pytorch_cuda.matrix import load_matrix
-from pytorch_cuda.paths import VERSIONS
+from pytorch_cuda.core.paths import VERSIONS
 
 
 def test_every_cuda_and_os_combination_is_a_cell():

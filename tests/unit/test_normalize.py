@@ -13,17 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda.layerdiff import FileDiff, diff_archives, diff_configs, format_diff
-from pytorch_cuda.normalize import (
-    LayerCache,
-    canonical_json,
-    chain_ids,
-    chains_of,
-    normalize_archive,
-    open_saved_image,
-    rfc3339,
-    tar_header,
-)
+from pytorch_cuda.repro.layerdiff import FileDiff, diff_archives, diff_configs, format_diff
+from pytorch_cuda.repro.chains import chain_ids, chains_of
+from pytorch_cuda.repro.config import canonical_json, rfc3339
+from pytorch_cuda.repro.layercache import LayerCache
+from pytorch_cuda.repro.normalize import normalize_archive
+from pytorch_cuda.repro.saved import open_saved_image
+from pytorch_cuda.repro.tarformat import tar_header
 
 EPOCH = 1_600_000_000
 OLD = 1_000_000_000  # older than EPOCH: clamping keeps it

@@ -12,13 +12,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from pytorch_cuda import pkgdiff, publish, release, retry
-from pytorch_cuda.errors import UserError
+from pytorch_cuda.core import names
+from pytorch_cuda.publish import pkgdiff
+from pytorch_cuda.publish import push
+from pytorch_cuda.publish import release
+from pytorch_cuda.publish import retry
+from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.matrix import load_matrix
-from pytorch_cuda.paths import VERSIONS
-from pytorch_cuda.registry import (DOCKER_MANIFEST, ENV_PASSWORD, ENV_USER, Credentials, Manifest,
-                                   RegistryClient, Target, digest_of, find_credentials, parse_target)
-from pytorch_cuda.retry import AUTH, FATAL, TRANSIENT, RegistryError
+from pytorch_cuda.core.paths import VERSIONS
+from pytorch_cuda.publish.registry import (DOCKER_MANIFEST, ENV_PASSWORD, ENV_USER, Credentials, Manifest, RegistryClient, Target, digest_of, find_credentials, parse_target)
+from pytorch_cuda.publish.retry import AUTH, FATAL, TRANSIENT, RegistryError
 
 IMAGE_ID = "sha256:" + "ab" * 32
 
@@ -38,22 +41,22 @@ def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 def test_tag_plan_puts_every_full_tag_before_any_alias(images):
-    plan = publish.tag_plan(images, "20260102")
+    plan = push.tag_plan(images, "20260102")
     phases = [s.phase for s in plan]
-    assert phases == [publish.FULL] * len(images) + [publish.ALIAS] * (len(phases) - len(images))
+    assert phases == [push.FULL] * len(images) + [push.ALIAS] * (len(phases) - len(images))
     assert [s.tag for s in plan[:len(images)]] == [i.full_tag for i in images]
     for image in images:
-        aliases = [s.tag for s in plan if s.phase == publish.ALIAS and s.image == image]
+        aliases = [s.tag for s in plan if s.phase == push.ALIAS and s.image == image]
         assert aliases == [*image.aliases, f"{image.full_tag}-20260102"]
 
 
 def test_tag_plan_without_date_has_no_dated_tag(images):
-    tags = [s.tag for s in publish.tag_plan(images, None)]
+    tags = [s.tag for s in push.tag_plan(images, None)]
     assert tags == [i.full_tag for i in images] + [a for i in images for a in i.aliases]
 
 
 def test_dated_tag():
-    assert publish.dated_tag("2.8.0-cu128-dev", "20260102") == "2.8.0-cu128-dev-20260102"
+    assert names.dated_tag("2.8.0-cu128-dev", "20260102") == "2.8.0-cu128-dev-20260102"
 
 
 def test_release_date(monkeypatch: pytest.MonkeyPatch):
@@ -263,19 +266,19 @@ def test_push_stream_errors_fail_the_push():
                "errorDetail": {"message": "unauthorized: authentication required"}},
               {"progressDetail": {}, "aux": {"Tag": "t", "Digest": "sha256:1", "Size": 1}}]
     with pytest.raises(RegistryError) as caught:
-        publish._push_once(_fake_engine(stream), "r", "t", None, "cell/dev")
+        push._push_once(_fake_engine(stream), "r", "t", None, "cell/dev")
     assert caught.value.kind == AUTH
     refused = [{"errorDetail": {"message": "dial tcp: connect: connection refused"}}]
     with pytest.raises(RegistryError) as caught:
-        publish._push_once(_fake_engine(refused), "r", "t", None, "cell/dev")
+        push._push_once(_fake_engine(refused), "r", "t", None, "cell/dev")
     assert caught.value.kind == TRANSIENT
 
 
 def test_push_stream_digest():
     stream = [{"status": "Pushed", "id": "abc"}, {"aux": {"Tag": "t", "Digest": "sha256:9", "Size": 1}}]
-    assert publish._push_once(_fake_engine(stream), "r", "t", None, "cell/dev") == "sha256:9"
+    assert push._push_once(_fake_engine(stream), "r", "t", None, "cell/dev") == "sha256:9"
     with pytest.raises(RegistryError, match="no manifest digest"):
-        publish._push_once(_fake_engine(stream[:1]), "r", "t", None, "cell/dev")
+        push._push_once(_fake_engine(stream[:1]), "r", "t", None, "cell/dev")
 
 
 def test_package_diff():

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda import render
+from pytorch_cuda.render import dockerfiles
 from pytorch_cuda.matrix import load_matrix
-from pytorch_cuda.paths import VERSIONS
+from pytorch_cuda.core.paths import VERSIONS
 
 
 def test_render_is_deterministic():
     matrix = load_matrix(VERSIONS)
-    assert render.render_tree(matrix) == render.render_tree(load_matrix(VERSIONS))
+    assert dockerfiles.render_tree(matrix) == dockerfiles.render_tree(load_matrix(VERSIONS))
 
 
 def test_committed_images_match_the_templates(run_cli):
@@ -22,14 +22,14 @@ def test_committed_images_match_the_templates(run_cli):
 
 
 def test_every_cell_has_a_dockerfile_per_variant():
-    files = render.render_tree(load_matrix(VERSIONS))
+    files = dockerfiles.render_tree(load_matrix(VERSIONS))
     for cell in load_matrix(VERSIONS).cells:
         for variant in ("dev", "prod"):
             assert f"{cell.id}/{variant}/Dockerfile" in files
 
 
 def test_dev_and_prod_share_the_heavy_stages():
-    files = render.render_tree(load_matrix(VERSIONS))
+    files = dockerfiles.render_tree(load_matrix(VERSIONS))
     dev = files["cu128-bookworm/dev/Dockerfile"]
     prod = files["cu128-bookworm/prod/Dockerfile"]
     def stage(text: str, name: str) -> str:
@@ -39,7 +39,7 @@ def test_dev_and_prod_share_the_heavy_stages():
 
 
 def test_prod_is_hardened_in_the_dockerfile():
-    prod = render.render_tree(load_matrix(VERSIONS))["cu128-bookworm/prod/Dockerfile"]
+    prod = dockerfiles.render_tree(load_matrix(VERSIONS))["cu128-bookworm/prod/Dockerfile"]
     assert "\nUSER 1000:1000\n" in prod and "HEALTHCHECK" in prod
     final = prod.split("AS prod\n", 1)[1]
     assert "build-ca" not in final and "PIP_CERT" not in final
@@ -48,15 +48,15 @@ def test_prod_is_hardened_in_the_dockerfile():
 
 def test_drift_is_listed(tmp_path: Path):
     files = {"a/Dockerfile": "x\n", "b/Dockerfile": "y\n"}
-    render.write_tree(files, tmp_path / "images")
+    dockerfiles.write_tree(files, tmp_path / "images")
     (tmp_path / "images/a/Dockerfile").write_text("edited\n")
     (tmp_path / "images/stale.txt").write_text("old\n")
-    assert render.differences(files, tmp_path / "images") == ["a/Dockerfile", "stale.txt"]
+    assert dockerfiles.differences(files, tmp_path / "images") == ["a/Dockerfile", "stale.txt"]
 
 
 def test_interrupted_render_keeps_the_old_tree(tmp_path: Path, monkeypatch):
     target = tmp_path / "images"
-    render.write_tree({"a/Dockerfile": "old\n"}, target)
+    dockerfiles.write_tree({"a/Dockerfile": "old\n"}, target)
     real_rename = Path.rename
 
     def broken(self, dst):
@@ -66,16 +66,16 @@ def test_interrupted_render_keeps_the_old_tree(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", broken)
     with pytest.raises(KeyboardInterrupt):
-        render.write_tree({"a/Dockerfile": "new\n"}, target)
+        dockerfiles.write_tree({"a/Dockerfile": "new\n"}, target)
     monkeypatch.setattr(Path, "rename", real_rename)
-    render.write_tree({"b/Dockerfile": "next\n"}, target)  # recovers, then writes
+    dockerfiles.write_tree({"b/Dockerfile": "next\n"}, target)  # recovers, then writes
     assert (target / "b/Dockerfile").read_text() == "next\n"
     assert not list(tmp_path.glob(".images.*"))
 
 
 def test_recovery_after_a_cut_swap(tmp_path: Path):
     target = tmp_path / "images"
-    render.write_tree({"a/Dockerfile": "old\n"}, target)
+    dockerfiles.write_tree({"a/Dockerfile": "old\n"}, target)
     target.rename(tmp_path / ".images.old")  # the swap stopped between its two renames
-    render._recover(target)
+    dockerfiles._recover(target)
     assert (target / "a/Dockerfile").read_text() == "old\n"

@@ -1,0 +1,1 @@
+"""Stage 4, the base: the OS image bootstrapped from the Debian archive, or pulled by digest."""

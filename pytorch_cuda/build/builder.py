@@ -1,0 +1,215 @@
+"""`build.py build`: build images on the engine with live progress; tag only on success."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import docker
+import docker.errors
+
+from pytorch_cuda.base import bootstrap
+from pytorch_cuda.build import buildenv
+from pytorch_cuda.build.context import write_context
+from pytorch_cuda.build.stream import BuildOutput
+from pytorch_cuda.core import gitinfo, names
+from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.paths import STATE
+from pytorch_cuda.core.progress import human_bytes, say, table
+from pytorch_cuda.lock import debian, locking
+from pytorch_cuda.matrix import Cell, Image
+from pytorch_cuda.repro import roundtrip
+
+APT_GONE_RE = re.compile(r"Version '([^']+)' for '([^']+)' was not found")
+
+
+@dataclass
+class BuildResult:
+    """One built image."""
+
+    image: Image
+    image_id: str
+    size: int
+    seconds: float
+    normalize_seconds: float
+
+
+@dataclass
+class BuildOptions:
+    """What the user chose on the command line."""
+
+    ca_cert: str | None = None
+    mirror: str | None = None
+    security_mirror: str | None = None
+    quiet: bool = False
+    no_cache: bool = False
+    normalize: bool = True
+
+
+def build_labels(image: Image, base_id: str) -> dict[str, str]:
+    """Labels only the build knows: creation time, source revision and the base's digest."""
+    epoch = gitinfo.source_date_epoch()
+    return {
+        "org.opencontainers.image.created":
+            datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.revision": gitinfo.revision(),
+        "org.opencontainers.image.source": gitinfo.source_url(),
+        "org.opencontainers.image.base.digest": base_id,
+    }
+
+
+def run_build(client: docker.DockerClient, context: BinaryIO, dockerfile: str,
+              output: BuildOutput, **options: Any) -> BuildOutput:
+    """Send a context tar to the engine's classic builder and follow its output.
+
+    `options` go to the engine's build API (buildargs, labels, nocache, cache_from, tag);
+    an API error ends up in `output.error` like an error inside the stream.
+    """
+    try:
+        output.follow(client.api.build(
+            fileobj=context, custom_context=True, dockerfile=dockerfile, rm=True, forcerm=True,
+            pull=False, decode=True, **options))
+    except docker.errors.APIError as exc:
+        output.error = output.error or str(exc.explanation or exc)
+    return output
+
+
+def build_raw(client: docker.DockerClient, image: Image, context: Path, base_id: str,
+              options: BuildOptions) -> tuple[str, dict[str, str]]:
+    """Run the engine's build of one image; return the raw image ID and each stage's image."""
+    def step(number: str, total: str, stage: str, instruction: str) -> None:
+        say(f"{image.name} step {number}/{total} [{stage}]: {instruction[:100]}")
+
+    def line(text: str) -> None:
+        print(f"    {text}", flush=True)
+
+    output = BuildOutput(on_step=step, on_line=None if options.quiet else line)
+    with context.open("rb") as ctx:
+        run_build(client, ctx, names.dockerfile_path(image), output,
+                  buildargs=buildenv.build_args(image.cell),
+                  labels=build_labels(image, base_id), nocache=options.no_cache)
+    if output.error or not output.image_id:
+        raise UserError(_failure(image, output))
+    return output.image_id, output.stage_images
+
+
+def build_image(client: docker.DockerClient, image: Image, context: Path, base_id: str,
+                options: BuildOptions) -> BuildResult:
+    """Build (and normalize) one image; tag it only when all of that succeeded."""
+    started = time.monotonic()
+    say(f"building {image.name} -> {image.ref()}")
+    try:
+        raw_id, stages = build_raw(client, image, context, base_id, options)
+        raw = client.images.get(raw_id)
+        keep_cache(client, image, raw_id, stages)
+        built_seconds = time.monotonic() - started
+        normalize_seconds = 0.0
+        final = raw
+        if options.normalize:
+            normalized = roundtrip.normalize(client, raw.id, image.name,
+                                                roundtrip.since_of(image.cell))
+            final = client.images.get(normalized.image_id)
+            normalize_seconds = normalized.seconds
+    except (KeyboardInterrupt, UserError):
+        _untag(client, image)
+        raise
+    for tag in image.tags:
+        final.tag(image.cell.matrix.repository, tag)
+    seconds = time.monotonic() - started
+    say(f"built {image.name} {final.id[:19]} ({human_bytes(final.attrs['Size'])}, "
+        f"build {built_seconds:.0f} s + normalize {normalize_seconds:.0f} s); "
+        f"tagged {', '.join(image.tags)}")
+    return BuildResult(image, final.id, final.attrs["Size"], seconds, normalize_seconds)
+
+
+def keep_cache(client: docker.DockerClient, image: Image, raw_id: str,
+               stages: dict[str, str]) -> None:
+    """Tag the raw build and its side stages (builder, variant env): they are the build cache."""
+    repository = names.cache_repository(image.cell)
+    client.images.get(raw_id).tag(repository, names.cache_tag(image))
+    for stage in ("builder", f"{image.variant}-env"):
+        if stage in stages:
+            client.images.get(stages[stage]).tag(repository, names.cache_tag(image, stage))
+
+
+def _failure(image: Image, stream: BuildOutput) -> str:
+    text = "\n".join(stream.tail)
+    gone = APT_GONE_RE.search(text + (stream.error or ""))
+    if gone:
+        return (f"{image.name}: apt package {gone.group(2)}={gone.group(1)} is no longer on the "
+                "mirror; 'python build.py lock' refreshes the pins")
+    return (f"{image.name} failed at {stream.step}: {(stream.error or 'no image produced').strip()}"
+            f"\n--- last lines of the build output ---\n{text}\n--- no tag was applied ---")
+
+
+def _untag(client: docker.DockerClient, image: Image) -> None:
+    """Remove this image's tags so none points at a stale or half-built image."""
+    for tag in image.tags:
+        try:
+            client.images.remove(image.ref(tag), noprune=True)
+        except docker.errors.ImageNotFound:
+            continue
+        except docker.errors.APIError:
+            continue
+
+
+def prune(client: docker.DockerClient, bases: set[str]) -> int:
+    """Remove this project's dangling images (replaced builds and their stages); return bytes."""
+    reclaimed = 0
+    for image in client.images.list(filters={"dangling": True}):
+        layers = image.attrs["RootFS"].get("Layers") or []
+        if (layers and layers[0] in bases) or names.label("cell") in (image.labels or {}):
+            try:
+                client.images.remove(image.id)
+                reclaimed += image.attrs["Size"]
+            except docker.errors.APIError:
+                continue
+    return reclaimed
+
+
+@contextmanager
+def prepared(client: docker.DockerClient, cell: Cell, options: BuildOptions) -> Iterator[tuple[Path, str]]:
+    """A cell's lock checked, its base present and its build context written: (context, base ID)."""
+    locking.require_locked(cell)
+    mirrors = debian.host_mirrors(options.mirror, options.security_mirror)
+    base_id = bootstrap.ensure_base(client, cell, mirrors)
+    ca = buildenv.ca_bundle(options.ca_cert)
+    if ca:
+        say(f"using the CA bundle {ca} in builder stages only")
+    STATE.mkdir(parents=True, exist_ok=True)
+    context = STATE / f"context-{cell.id}.tar"
+    write_context(cell, ca, context, gitinfo.source_date_epoch())
+    try:
+        yield context, base_id
+    finally:
+        context.unlink(missing_ok=True)
+
+
+def base_layers(client: docker.DockerClient, base_id: str) -> set[str]:
+    """The first layer of a base: what every image built on it starts with."""
+    return {client.images.get(base_id).attrs["RootFS"]["Layers"][0]}
+
+
+def build(client: docker.DockerClient, images: list[Image], options: BuildOptions) -> list[BuildResult]:
+    """Build images cell by cell (base first), print the summary table."""
+    results: list[BuildResult] = []
+    cells = {i.cell.id: i.cell for i in images}
+    bases: set[str] = set()
+    for cell in cells.values():
+        with prepared(client, cell, options) as (context, base_id):
+            bases |= base_layers(client, base_id)
+            for image in (i for i in images if i.cell.id == cell.id):
+                results.append(build_image(client, image, context, base_id, options))
+    reclaimed = prune(client, bases)
+    if reclaimed:
+        say(f"pruned replaced images of this project ({human_bytes(reclaimed)})")
+    print(table(["cell", "variant", "image ID", "size", "time", "of which normalize"],
+                [[r.image.cell.id, r.image.variant, r.image_id[7:19], human_bytes(r.size),
+                  f"{r.seconds:.0f} s", f"{r.normalize_seconds:.0f} s"] for r in results]))
+    return results

@@ -1,0 +1,37 @@
+"""The build context: a deterministic tar of exactly the files the Dockerfiles copy."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+from pytorch_cuda.core.names import CA_CONTEXT_PATH
+from pytorch_cuda.core.paths import IMAGE_FILES, IMAGES, ROOT, SERVER
+from pytorch_cuda.lock import locking
+from pytorch_cuda.matrix import Cell
+
+
+def _files(cell: Cell) -> list[Path]:
+    roots = [IMAGES / cell.id, locking.LOCKS / cell.id, IMAGE_FILES, SERVER / "ptserve"]
+    found = [p for r in roots if r.exists() for p in r.rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    return sorted(found)
+
+
+def write_context(cell: Cell, ca: Path | None, out: Path, epoch: int) -> None:
+    """Write the context tar for a cell; the CA bundle (or an empty file) at CA_CONTEXT_PATH."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in _files(cell):
+            data = path.read_bytes()
+            _add(tar, path.relative_to(ROOT).as_posix(), data,
+                 0o755 if path.stat().st_mode & 0o111 else 0o644, epoch)
+        _add(tar, CA_CONTEXT_PATH, ca.read_bytes() if ca else b"", 0o644, epoch)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int, epoch: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, epoch
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))

@@ -1,0 +1,58 @@
+"""Names derived from the matrix and the layout, each defined once: paths, refs, labels, tags."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pytorch_cuda.core.paths import ROOT, STATE
+
+if TYPE_CHECKING:
+    from pytorch_cuda.matrix import Cell, Image
+
+LABEL_PREFIX = "io.pytorch-cuda"
+CA_CONTEXT_PATH = (STATE / "ca-bundle.crt").relative_to(ROOT).as_posix()
+CA_BUILD_PATH = "/tmp/build-ca.crt"
+DOCKERFILE = "Dockerfile"
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def label(key: str) -> str:
+    """A label of this project, e.g. label("cell") -> io.pytorch-cuda.cell."""
+    return f"{LABEL_PREFIX}.{key}"
+
+
+def image_folder(image: Image) -> str:
+    """images/<cell>/<variant>, relative to the repository."""
+    return f"{image.cell.id}/{image.variant}"
+
+
+def dockerfile_path(image: Image) -> str:
+    """The rendered Dockerfile of an image, relative to the repository (and the build context)."""
+    return f"images/{image_folder(image)}/{DOCKERFILE}"
+
+
+def base_ref(cell: Cell) -> str:
+    """What the Dockerfile's FROM names for a cell's OS: a digest-pinned image or the bootstrap."""
+    if cell.os.base_image:
+        return cell.os.base_image
+    return f"{cell.matrix.repository}-base:{cell.os.name}"
+
+
+def cache_repository(cell: Cell) -> str:
+    """Where raw builds and their side stages stay tagged as the build cache."""
+    return f"{cell.matrix.repository}-cache"
+
+
+def cache_tag(image: Image, stage: str | None = None) -> str:
+    """The cache tag of a raw build (stage None) or of one of its side stages."""
+    return f"{image.cell.id}-{stage or image.variant}"
+
+
+def dated_tag(full_tag: str, date: str) -> str:
+    """The release tag of a full tag on a date (YYYYMMDD)."""
+    return f"{full_tag}-{date}"
+
+
+def path_env(*venvs: str) -> str:
+    """The PATH of an image whose virtual environments (most specific first) precede the system's."""
+    return ":".join([*(f"{v}/bin" for v in venvs), SYSTEM_PATH])

@@ -1,0 +1,1 @@
+"""Stage 3, locking: hash-locked Python environments per cell and apt pins per OS."""

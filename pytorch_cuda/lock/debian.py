@@ -1,0 +1,151 @@
+"""The Debian archive: mirrors from the host's apt configuration, package indexes, versions."""
+
+from __future__ import annotations
+
+import lzma
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from pytorch_cuda.core.errors import UserError
+
+APT_DIR = Path("/etc/apt")
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    """Where the Debian archive and its security archive are served."""
+
+    archive: str
+    security: str
+
+    def sources(self, suite: str) -> list[str]:
+        """One-line apt sources for a suite, its updates and its security archive."""
+        return [
+            f"deb {self.archive} {suite} main",
+            f"deb {self.archive} {suite}-updates main",
+            f"deb {self.security} {suite}-security main",
+        ]
+
+
+def host_mirrors(archive: str | None = None, security: str | None = None) -> Mirrors:
+    """Mirrors from options, else PTC_DEBIAN_MIRROR / PTC_DEBIAN_SECURITY_MIRROR, else apt's config."""
+    archive = archive or os.environ.get("PTC_DEBIAN_MIRROR")
+    security = security or os.environ.get("PTC_DEBIAN_SECURITY_MIRROR")
+    if not (archive and security):
+        found_archive, found_security = _from_apt_config()
+        archive = archive or found_archive
+        security = security or found_security
+    if not archive:
+        raise UserError(
+            "no Debian mirror is configured: give --mirror URL or set PTC_DEBIAN_MIRROR "
+            f"(none found in {APT_DIR}/sources.list*)"
+        )
+    return Mirrors(archive.rstrip("/"), (security or archive).rstrip("/"))
+
+
+def _from_apt_config() -> tuple[str | None, str | None]:
+    """The first archive and security URIs named in the host's apt sources."""
+    entries: list[tuple[str, list[str]]] = []
+    for path in sorted(APT_DIR.glob("sources.list.d/*.sources")):
+        for stanza in path.read_text(errors="replace").split("\n\n"):
+            fields = dict(
+                (k.strip().lower(), v.strip())
+                for k, _, v in (line.partition(":") for line in stanza.splitlines()
+                                if line and not line.startswith(("#", " ")))
+            )
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
+                for uri in fields.get("uris", "").split():
+                    entries.append((uri, fields.get("suites", "").split()))
+    list_files = [APT_DIR / "sources.list", *sorted(APT_DIR.glob("sources.list.d/*.list"))]
+    for path in list_files:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                match = re.match(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line.strip())
+                if match:
+                    entries.append((match.group(1), [match.group(2)]))
+    archive = next((u for u, suites in entries
+                    if any(not s.endswith("-security") for s in suites)), None)
+    security = next((u for u, suites in entries
+                     if any(s.endswith("-security") for s in suites)), None)
+    return archive, security
+
+
+def fetch_packages(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[str, str]:
+    """The newest version of every package in a suite, its updates and security archives."""
+    best: dict[str, str] = {}
+    for source in mirrors.sources(suite):
+        _, base, dist, component = source.split()
+        url = f"{base}/dists/{dist}/{component}/binary-{arch}/Packages.xz"
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response:
+                text = lzma.decompress(response.read()).decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and dist != suite:
+                continue  # a suite without updates yet
+            raise UserError(f"cannot read the package index {url}: {exc}") from None
+        except (urllib.error.URLError, OSError, lzma.LZMAError) as exc:
+            raise UserError(f"cannot read the package index {url}: {exc}") from None
+        for name, version in parse_packages(text):
+            if name not in best or compare_versions(version, best[name]) > 0:
+                best[name] = version
+    return best
+
+
+def parse_packages(text: str) -> list[tuple[str, str]]:
+    """(package, version) pairs of a Packages index."""
+    pairs = []
+    for stanza in text.split("\n\n"):
+        name = version = None
+        for line in stanza.splitlines():
+            if line.startswith("Package: "):
+                name = line[9:].strip()
+            elif line.startswith("Version: "):
+                version = line[9:].strip()
+        if name and version:
+            pairs.append((name, version))
+    return pairs
+
+
+def _order(char: str) -> int:
+    if char == "~":
+        return -1
+    if char.isalpha():
+        return ord(char)
+    return ord(char) + 256 if char else 0
+
+
+def _compare_part(a: str, b: str) -> int:
+    """dpkg's comparison of an upstream version or revision string."""
+    while a or b:
+        a_text = re.match(r"^[^0-9]*", a).group(0)
+        b_text = re.match(r"^[^0-9]*", b).group(0)
+        for i in range(max(len(a_text), len(b_text))):
+            diff = _order(a_text[i] if i < len(a_text) else "") - _order(
+                b_text[i] if i < len(b_text) else "")
+            if diff:
+                return 1 if diff > 0 else -1
+        a, b = a[len(a_text):], b[len(b_text):]
+        a_num = re.match(r"^[0-9]*", a).group(0)
+        b_num = re.match(r"^[0-9]*", b).group(0)
+        if int(a_num or 0) != int(b_num or 0):
+            return 1 if int(a_num or 0) > int(b_num or 0) else -1
+        a, b = a[len(a_num):], b[len(b_num):]
+    return 0
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Compare two Debian versions like dpkg: -1, 0 or 1."""
+    def split(v: str) -> tuple[int, str, str]:
+        epoch, _, rest = v.rpartition(":") if ":" in v else ("0", "", v)
+        upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
+        return int(epoch or 0), upstream, revision
+
+    ea, ua, ra = split(a)
+    eb, ub, rb = split(b)
+    if ea != eb:
+        return 1 if ea > eb else -1
+    return _compare_part(ua, ub) or _compare_part(ra, rb)

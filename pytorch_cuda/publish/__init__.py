@@ -1,0 +1,1 @@
+"""Stage 8, publishing: push tested images, immutable tags, release manifests."""

@@ -1,0 +1,170 @@
+"""`build.py render`: Dockerfiles from templates/ and the matrix into images/, atomically."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import jinja2
+
+from pytorch_cuda.core import names
+from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.paths import IMAGES, ROOT, TEMPLATES
+from pytorch_cuda.lock import locking
+from pytorch_cuda.matrix import Image, Matrix
+
+APT_CLEANUP = ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log "
+               "/var/log/alternatives.log /var/cache/ldconfig/aux-cache /var/cache/debconf/*-old "
+               "/var/lib/dpkg/*-old /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow-")
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def runtime_labels(image: Image) -> dict[str, str]:
+    """Labels naming the cell's pins (shared by dev and prod)."""
+    cell, m = image.cell, image.cell.matrix
+    return {
+        names.label("cell"): cell.id,
+        names.label("torch"): m.torch_version,
+        names.label("cuda"): cell.cuda.version,
+        names.label("cudnn"): m.cudnn,
+        names.label("nccl"): m.nccl,
+        names.label("python"): cell.os.python,
+        names.label("os"): f"{cell.os.distro}-{cell.os.version}-{cell.os.name}",
+        names.label("cuda-arch-list"): cell.cuda.arch_list,
+        names.label("min-driver"): cell.cuda.min_driver,
+    }
+
+
+def variant_labels(image: Image) -> dict[str, str]:
+    """OCI labels known before the build (the build adds created, revision, source, base digest)."""
+    project = image.cell.matrix.raw["project"]
+    return {
+        "org.opencontainers.image.title": f"{project['name']} {image.variant}",
+        "org.opencontainers.image.description":
+            project["description"] + " (" + image.cell.matrix.raw["variants"][image.variant]["description"] + ")",
+        "org.opencontainers.image.licenses": project["licenses"],
+        "org.opencontainers.image.version": image.full_tag,
+        "org.opencontainers.image.base.name": names.base_ref(image.cell),
+        names.label("variant"): image.variant,
+    }
+
+
+def render_image(env: jinja2.Environment, image: Image) -> str:
+    """The Dockerfile text of one image."""
+    cell, matrix = image.cell, image.cell.matrix
+    pins = locking.apt_pins(cell.os)
+    context = {
+        "cell": cell,
+        "variant": image.variant,
+        "python": cell.os.python,
+        "base_ref": names.base_ref(cell),
+        "apt_pins": pins,
+        "runtime_apt": matrix.apt_packages(cell.os, "runtime"),
+        "builder_apt": matrix.apt_packages(cell.os, "builder"),
+        "variant_apt": matrix.apt_packages(cell.os, image.variant),
+        "apt_cleanup": APT_CLEANUP,
+        "venv_cleanup": "rm -rf /tmp/locks",
+        "user_cleanup": ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow "
+                         "&& rm -f /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow-"),
+        "ca_context_path": names.CA_CONTEXT_PATH,
+        "ca_path": names.CA_BUILD_PATH,
+        "path_runtime": names.path_env("/opt/venv"),
+        "path_variant": names.path_env(f"/opt/venv-{image.variant}", "/opt/venv"),
+        "locks": {g: locking.pip_lock_path(cell, g).relative_to(ROOT).as_posix()
+                  for g in locking.GROUPS},
+        "nvidia_require_cuda": f"cuda>={cell.cuda.major_minor}",
+        "runtime_labels": runtime_labels(image),
+        "variant_labels": variant_labels(image),
+        "user": matrix.raw["project"]["user"],
+        "ports": matrix.raw["variants"][image.variant]["ports"],
+    }
+    missing = [n for g in ("runtime_apt", "builder_apt", "variant_apt")
+               for n in context[g] if n not in pins]
+    if missing:
+        raise UserError(f"{locking.apt_lock_path(cell.os).relative_to(ROOT)} has no pin for "
+                        f"{', '.join(missing)}: run 'python build.py lock'")
+    try:
+        return env.get_template("Dockerfile.j2").render(context)
+    except jinja2.TemplateError as exc:
+        where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+        raise UserError(f"templates/Dockerfile.j2{where}: {exc.message} ({image.name})") from None
+
+
+def image_manifest(image: Image) -> str:
+    """The companion file of one image: its tags, pins and labels, for people and tools."""
+    cell = image.cell
+    data = {
+        "image": image.name,
+        "cell": cell.id,
+        "variant": image.variant,
+        "repository": cell.matrix.repository,
+        "tags": image.tags,
+        "base": names.base_ref(cell),
+        "pins": {
+            "torch": cell.torch_version_reported, "cuda": cell.cuda.major_minor,
+            "cudnn": cell.matrix.cudnn, "nccl": cell.matrix.nccl, "python": cell.os.python,
+            "arch_list": cell.cuda.arch_list, "os": f"{cell.os.distro} {cell.os.version}",
+        },
+        "labels": {**runtime_labels(image), **variant_labels(image)},
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def render_tree(matrix: Matrix) -> dict[str, str]:
+    """Every file of images/ (relative path -> text), rendered in memory."""
+    env = _environment()
+    files: dict[str, str] = {}
+    for image in matrix.images():
+        folder = names.image_folder(image)
+        files[f"{folder}/{names.DOCKERFILE}"] = render_image(env, image)
+        files[f"{folder}/image.json"] = image_manifest(image)
+    return files
+
+
+def differences(files: dict[str, str], target: Path = IMAGES) -> list[str]:
+    """Relative paths that differ between the rendered tree and `target`."""
+    existing = {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()} if (
+        target.exists()) else set()
+    changed = [p for p, text in files.items()
+               if p not in existing or (target / p).read_text() != text]
+    return sorted(changed + [p for p in existing if p not in files])
+
+
+def write_tree(files: dict[str, str], target: Path = IMAGES) -> None:
+    """Replace `target` with the rendered tree; an interruption leaves the old tree whole."""
+    _recover(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    try:
+        for rel, text in files.items():
+            path = staging / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        old = target.parent / f".{target.name}.old"
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _recover(target: Path) -> None:
+    """Put back the previous tree if an earlier swap was cut short."""
+    old = target.parent / f".{target.name}.old"
+    if old.exists():
+        if target.exists():
+            shutil.rmtree(old)
+        else:
+            old.rename(target)
+    for stale in target.parent.glob(f".{target.name}.new-*"):
+        shutil.rmtree(stale, ignore_errors=True)

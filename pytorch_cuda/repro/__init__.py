@@ -1,0 +1,1 @@
+"""Stage 6, reproducibility: saving, normalizing, comparing and verifying images."""
