@@ -63,7 +63,9 @@ def cmd_lock(args: argparse.Namespace) -> int:
     matrix = _matrix(args)
     cells = matrix.select(args.cells)
     uv = str(Path(sys.executable).with_name("uv"))
-    mirrors = debian.host_mirrors(args.mirror, args.security_mirror)
+    suites = sorted({c.os.suite for c in cells if c.os.suite})
+    mirrors = debian.resolve_mirrors(matrix.snapshot, suites, args.mirror, args.security_mirror,
+                                     args.snapshot_mirror)
     results = []
     for os_ in {c.os.name: c.os for c in cells}.values():
         say(f"resolving apt pins for {os_.name}")
@@ -95,7 +97,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     images = selected_images(args)
     client = ensure_engine()
     options = builder.BuildOptions(args.ca_cert, args.mirror, args.security_mirror,
-                                   args.quiet, args.no_cache, not args.no_normalize)
+                                   args.snapshot_mirror, args.quiet, args.no_cache,
+                                   not args.no_normalize)
     builder.build(client, images, options)
     return 0
 
@@ -124,7 +127,10 @@ def cmd_verify_repro(args: argparse.Namespace) -> int:
     """Rebuild without cache and compare image IDs; exit 1 when they differ."""
     matrix = _matrix(args)
     images = matrix.images([matrix.cell(args.cell)], args.variant)
-    return 0 if verify(ensure_engine(), images, args.twice, args.against) else 1
+    options = builder.BuildOptions(mirror=args.mirror, security_mirror=args.security_mirror,
+                                   snapshot_mirror=args.snapshot_mirror, quiet=True,
+                                   no_cache=True)
+    return 0 if verify(ensure_engine(), images, args.twice, args.against, options) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--twice", action="store_true",
                       help="build twice from scratch (default: rebuild and compare with the tagged image)")
-    mode.add_argument("--against", metavar="IMAGE", help="compare with this image instead")
+    mode.add_argument("--against", metavar="IMAGE",
+                      help="compare with this image instead (pulled when not on the engine)")
+    _mirror_options(p)
     p.set_defaults(func=cmd_verify_repro)
 
     p = sub.add_parser("test", help="in-container tests of built images (default: the default cell)")
@@ -200,8 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mirror_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mirror", help="Debian archive URL (default: the host's apt sources)")
-    p.add_argument("--security-mirror", help="Debian security archive URL")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--snapshot-mirror", metavar="URL",
+                        help="base URL of a Debian snapshot mirror: read the archive as of "
+                             f"archive.snapshot in versions.yaml (default: ${debian.SNAPSHOT_ENV})")
+    source.add_argument("--mirror", help="a live Debian archive URL (default: the host's apt sources)")
+    p.add_argument("--security-mirror", help="a live Debian security archive URL")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,19 +47,20 @@ class BuildOptions:
     ca_cert: str | None = None
     mirror: str | None = None
     security_mirror: str | None = None
+    snapshot_mirror: str | None = None
     quiet: bool = False
     no_cache: bool = False
     normalize: bool = True
 
 
 def build_labels(image: Image, base_id: str) -> dict[str, str]:
-    """Labels only the build knows: creation time, source revision and the base's digest."""
+    """Labels only the build knows: creation time, the commit and the base's digest (never the
+    checkout's path or remote, so every clone of a commit builds the same image)."""
     epoch = gitinfo.source_date_epoch()
     return {
         "org.opencontainers.image.created":
             datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "org.opencontainers.image.revision": gitinfo.revision(),
-        "org.opencontainers.image.source": gitinfo.source_url(),
         "org.opencontainers.image.base.digest": base_id,
     }
 
@@ -142,8 +143,9 @@ def _failure(image: Image, stream: BuildOutput) -> str:
     text = "\n".join(stream.tail)
     gone = APT_GONE_RE.search(text + (stream.error or ""))
     if gone:
-        return (f"{image.name}: apt package {gone.group(2)}={gone.group(1)} is no longer on the "
-                "mirror; 'python build.py lock' refreshes the pins")
+        return (f"{image.name}: apt package {gone.group(2)}={gone.group(1)} is not in the archive "
+                f"the build reads; use a snapshot mirror (--snapshot-mirror URL or "
+                f"{debian.SNAPSHOT_ENV}) or move the pins with 'python build.py lock'")
     return (f"{image.name} failed at {stream.step}: {(stream.error or 'no image produced').strip()}"
             f"\n--- last lines of the build output ---\n{text}\n--- no tag was applied ---")
 
@@ -177,7 +179,10 @@ def prune(client: docker.DockerClient, bases: set[str]) -> int:
 def prepared(client: docker.DockerClient, cell: Cell, options: BuildOptions) -> Iterator[tuple[Path, str]]:
     """A cell's lock checked, its base present and its build context written: (context, base ID)."""
     locking.require_locked(cell)
-    mirrors = debian.host_mirrors(options.mirror, options.security_mirror)
+    mirrors = debian.resolve_mirrors(cell.matrix.snapshot, [cell.os.suite] if cell.os.suite else [],
+                                     options.mirror, options.security_mirror,
+                                     options.snapshot_mirror)
+    locking.check_apt_pins(cell.os, mirrors)
     base_id = bootstrap.ensure_base(client, cell, mirrors)
     ca = buildenv.ca_bundle(options.ca_cert)
     if ca:

@@ -1,4 +1,4 @@
-"""What git says about the source: commit time (SOURCE_DATE_EPOCH), revision, origin."""
+"""What git says about the source: commit time (SOURCE_DATE_EPOCH) and revision."""
 
 from __future__ import annotations
 
@@ -27,11 +27,3 @@ def revision() -> str:
     rev = _git("rev-parse", "HEAD") or "unknown"
     return rev + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
-
-def source_url() -> str:
-    """The origin remote without credentials, or empty."""
-    url = _git("config", "--get", "remote.origin.url")
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        url = f"{scheme}://{rest.split('@', 1)[1]}"
-    return url

@@ -2,33 +2,84 @@
 
 from __future__ import annotations
 
+import functools
 import lzma
 import os
 import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.progress import say
 
 APT_DIR = Path("/etc/apt")
 
 
+SNAPSHOT_ENV = "PTC_DEBIAN_SNAPSHOT_MIRROR"
+
+
 @dataclass(frozen=True)
 class Mirrors:
-    """Where the Debian archive and its security archive are served."""
+    """Where the Debian archive and its security archive are served (a snapshot or live)."""
 
     archive: str
     security: str
+    snapshot: str | None = None  # the archive time a snapshot mirror serves; None: live
+
+    def entries(self, suite: str) -> list[tuple[str, str, str]]:
+        """(base URL, distribution, component) of a suite, its updates and its security archive."""
+        return [(self.archive, suite, "main"), (self.archive, f"{suite}-updates", "main"),
+                (self.security, f"{suite}-security", "main")]
 
     def sources(self, suite: str) -> list[str]:
-        """One-line apt sources for a suite, its updates and its security archive."""
-        return [
-            f"deb {self.archive} {suite} main",
-            f"deb {self.archive} {suite}-updates main",
-            f"deb {self.security} {suite}-security main",
-        ]
+        """One-line apt sources; a snapshot's Release files are old on purpose (no Valid-Until)."""
+        option = "[check-valid-until=no] " if self.snapshot else ""
+        return [f"deb {option}{base} {dist} {component}"
+                for base, dist, component in self.entries(suite)]
+
+    def describe(self) -> str:
+        """Which archive this is, for progress lines."""
+        if self.snapshot:
+            return f"the Debian archive as of {self.snapshot} (snapshot mirror {self.archive})"
+        return (f"the live Debian mirror {self.archive} (no snapshot mirror configured: pins can "
+                f"leave it; see --snapshot-mirror or {SNAPSHOT_ENV})")
+
+
+def snapshot_mirrors(base: str, moment: datetime, suites: list[str], option: str) -> Mirrors:
+    """A snapshot mirror's archive of `moment` (snapshot.debian.org's URL layout), checked to answer."""
+    if not re.match(r"^https?://[^\s/]+", base):
+        raise UserError(f"{option} {base}: not an http(s) URL")
+    stamp = moment.strftime("%Y%m%dT%H%M%SZ")
+    root = base.rstrip("/")
+    mirrors = Mirrors(f"{root}/archive/debian/{stamp}", f"{root}/archive/debian-security/{stamp}",
+                      moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    for suite in suites:
+        url = f"{mirrors.archive}/dists/{suite}/Release"
+        try:
+            with urllib.request.urlopen(url, timeout=20) as response:
+                response.read(1)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise UserError(f"{option} {base}: the snapshot mirror does not answer for {suite} "
+                            f"at {mirrors.snapshot} ({url}: {reason})") from None
+    return mirrors
+
+
+def resolve_mirrors(moment: datetime, suites: list[str], archive: str | None = None,
+                    security: str | None = None, snapshot: str | None = None) -> Mirrors:
+    """The archive every step uses: a snapshot mirror of `moment` (option, else PTC_DEBIAN_SNAPSHOT_MIRROR
+    unless --mirror is given), else the host's live mirror; said once in the progress output."""
+    if snapshot:
+        mirrors = snapshot_mirrors(snapshot, moment, suites, "--snapshot-mirror")
+    elif os.environ.get(SNAPSHOT_ENV) and not archive:
+        mirrors = snapshot_mirrors(os.environ[SNAPSHOT_ENV], moment, suites, SNAPSHOT_ENV)
+    else:
+        mirrors = host_mirrors(archive, security)
+    say(f"using {mirrors.describe()}")
+    return mirrors
 
 
 def host_mirrors(archive: str | None = None, security: str | None = None) -> Mirrors:
@@ -74,11 +125,11 @@ def _from_apt_config() -> tuple[str | None, str | None]:
     return archive, security
 
 
-def fetch_packages(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[str, str]:
-    """The newest version of every package in a suite, its updates and security archives."""
-    best: dict[str, str] = {}
-    for source in mirrors.sources(suite):
-        _, base, dist, component = source.split()
+@functools.lru_cache(maxsize=8)
+def fetch_versions(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[str, frozenset[str]]:
+    """Every version of every package in a suite, its updates and security archives."""
+    found: dict[str, set[str]] = {}
+    for base, dist, component in mirrors.entries(suite):
         url = f"{base}/dists/{dist}/{component}/binary-{arch}/Packages.xz"
         try:
             with urllib.request.urlopen(url, timeout=120) as response:
@@ -90,9 +141,18 @@ def fetch_packages(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[st
         except (urllib.error.URLError, OSError, lzma.LZMAError) as exc:
             raise UserError(f"cannot read the package index {url}: {exc}") from None
         for name, version in parse_packages(text):
-            if name not in best or compare_versions(version, best[name]) > 0:
-                best[name] = version
-    return best
+            found.setdefault(name, set()).add(version)
+    return {name: frozenset(versions) for name, versions in found.items()}
+
+
+def newest(versions: frozenset[str]) -> str:
+    """The highest of some Debian versions."""
+    return functools.reduce(lambda a, b: a if compare_versions(a, b) >= 0 else b, versions)
+
+
+def fetch_packages(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[str, str]:
+    """The newest version of every package in a suite, its updates and security archives."""
+    return {name: newest(v) for name, v in fetch_versions(mirrors, suite, arch).items()}
 
 
 def parse_packages(text: str) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytorch_cuda.core.errors import UserError
-from pytorch_cuda.core.paths import LOCKS
+from pytorch_cuda.core.paths import ROOT, LOCKS
 from pytorch_cuda.lock import debian, indexes
 from pytorch_cuda.matrix import OS, VARIANTS, Cell, Matrix
 
@@ -57,6 +57,23 @@ def apt_pins(os_: OS) -> dict[str, str]:
             name, _, version = line.partition("=")
             pins[name] = version
     return pins
+
+
+def check_apt_pins(os_: OS, mirrors: debian.Mirrors) -> None:
+    """Stop before building when a pinned apt version is not in the archive the build reads."""
+    if not os_.suite:
+        return
+    available = debian.fetch_versions(mirrors, os_.suite)
+    for name, version in apt_pins(os_).items():
+        if version not in available.get(name, frozenset()):
+            newest = debian.newest(available[name]) if name in available else "nothing"
+            where = (f"the snapshot of {mirrors.snapshot}" if mirrors.snapshot
+                     else f"the Debian mirror {mirrors.archive}")
+            raise UserError(
+                f"{apt_lock_path(os_).relative_to(ROOT)}: {name}={version} is not in {where} "
+                f"(it has {newest}); build this commit as it was from a snapshot mirror "
+                f"(--snapshot-mirror URL or {debian.SNAPSHOT_ENV}), or move the pins to the "
+                "mirror's versions with 'python build.py lock'")
 
 
 def locked_versions(path: Path) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from pytorch_cuda.matrix.yamlfile import load
 VARIANTS = ("dev", "prod")
 DIGEST_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 CUDA_KEY_RE = re.compile(r"^cu(\d+)(\d)$")
+URL_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d+)?(/[^\s]*)?$")
+SNAPSHOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 _PKG = s.Str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_{}-]*(==[A-Za-z0-9.+!]+)?$"),
              "a package name, optionally with ==version")
@@ -24,6 +27,10 @@ SCHEMA = s.Fields({
     "project": s.Fields({
         "name": s.NAME, "repository": s.NAME, "title": s.Str(), "description": s.Str(),
         "licenses": s.Str(), "user": s.Fields({"name": s.NAME, "uid": s.Int()}),
+        "source": s.Str(URL_RE, "an http(s) URL of the source repository"),
+    }),
+    "archive": s.Fields({
+        "snapshot": s.Str(SNAPSHOT_RE, "a UTC time such as 2026-11-28T00:00:00Z"),
     }),
     "torch": s.Fields({
         "version": s.VERSION, "series": s.VERSION,
@@ -200,6 +207,8 @@ class Matrix:
         self.nccl: str = torch["nccl"]
         self.companions: dict[str, str] = dict(torch["companions"])
         self.repository: str = raw["project"]["repository"]
+        self.source_url: str = raw["project"]["source"]
+        self.snapshot: datetime = self._snapshot(raw["archive"]["snapshot"])
         self.cudas = {k: Cuda(k, **v) for k, v in raw["cuda"].items()}
         self.oses = {k: _os(k, v) for k, v in raw["os"].items()}
         self.default_cuda: str = raw["matrix"]["default"]["cuda"]
@@ -251,6 +260,16 @@ class Matrix:
         ):
             raise fail("matrix.default",
                        f"{self.default_cell_id} names no cell of the matrix")
+
+    def _snapshot(self, text: str) -> datetime:
+        """The archive's snapshot time: a real moment, not in the future."""
+        try:
+            moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise self._checker.fail("archive.snapshot", f"{text!r} is not a valid time") from None
+        if moment > datetime.now(timezone.utc):
+            raise self._checker.fail("archive.snapshot", f"{text} is in the future")
+        return moment
 
     def _validate_tags(self) -> None:
         seen: dict[str, str] = {}

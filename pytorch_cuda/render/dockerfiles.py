@@ -46,13 +46,14 @@ def runtime_labels(image: Image) -> dict[str, str]:
 
 
 def variant_labels(image: Image) -> dict[str, str]:
-    """OCI labels known before the build (the build adds created, revision, source, base digest)."""
+    """OCI labels known before the build (the build adds created, revision and base digest)."""
     project = image.cell.matrix.raw["project"]
     return {
         "org.opencontainers.image.title": f"{project['name']} {image.variant}",
         "org.opencontainers.image.description":
             project["description"] + " (" + image.cell.matrix.raw["variants"][image.variant]["description"] + ")",
         "org.opencontainers.image.licenses": project["licenses"],
+        "org.opencontainers.image.source": image.cell.matrix.source_url,
         "org.opencontainers.image.version": image.full_tag,
         "org.opencontainers.image.base.name": names.base_ref(image.cell),
         names.label("variant"): image.variant,

@@ -19,14 +19,26 @@ def _reference(client: docker.DockerClient, image: Image, against: str | None) -
     try:
         found = client.images.get(ref)
     except docker.errors.ImageNotFound:
-        if against:
-            raise UserError(f"--against {against}: no such image on the engine") from None
-        return None
+        if not against:
+            return None
+        found = _pull(client, against)
     built_from = found.labels.get("org.opencontainers.image.revision", "")
     if built_from != gitinfo.revision():
         raise UserError(f"{ref} was built from revision {built_from or 'unknown'}, not "
                         f"{gitinfo.revision()}: build it first, or use --twice")
     return found.id
+
+
+def _pull(client: docker.DockerClient, ref: str) -> docker.models.images.Image:
+    """Pull a reference image from its registry (a published image checked on a fresh machine)."""
+    if "/" not in ref.split("@")[0]:
+        raise UserError(f"--against {ref}: no such image on the engine")
+    say(f"pulling {ref}")
+    try:
+        return client.images.pull(ref)
+    except docker.errors.APIError as exc:
+        raise UserError(f"--against {ref}: neither on the engine nor pullable "
+                        f"({exc.explanation or exc})") from None
 
 
 def _fresh(client: docker.DockerClient, image: Image, context, base_id: str,
@@ -41,9 +53,8 @@ def _fresh(client: docker.DockerClient, image: Image, context, base_id: str,
 
 
 def verify(client: docker.DockerClient, images: list[Image], twice: bool,
-           against: str | None) -> bool:
+           against: str | None, options: builder.BuildOptions) -> bool:
     """Rebuild each image without cache and compare; print digests or what differs."""
-    options = builder.BuildOptions(quiet=True, no_cache=True)
     rows, ok = [], True
     cell = images[0].cell
     with builder.prepared(client, cell, options) as (context, base_id):

@@ -117,3 +117,23 @@ def test_unknown_cell_argument(run_cli, versions, command):
 
 def test_missing_file(run_cli, tmp_path):
     assert "file not found" in _error(run_cli, tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("source", ["/srv/checkout", "git@example.org:team/repo.git",
+                                    "file:///srv/repo", "ftp://example.org/repo"])
+def test_source_must_be_an_http_url(run_cli, edit, source):
+    path = edit(lambda d: d["project"].update(source=source))
+    msg = _error(run_cli, path)
+    assert "versions.yaml line" in msg
+    assert f"project.source: {source!r} is not an http(s) URL of the source repository" in msg
+
+
+@pytest.mark.parametrize("snapshot, fault", [
+    ("yesterday", "'yesterday' is not a UTC time such as 2026-11-28T00:00:00Z"),
+    ("2026-02-30T00:00:00Z", "'2026-02-30T00:00:00Z' is not a valid time"),
+    ("2999-01-01T00:00:00Z", "2999-01-01T00:00:00Z is in the future"),
+])
+def test_bad_snapshot_time(run_cli, edit, snapshot, fault):
+    path = edit(lambda d: d["archive"].update(snapshot=snapshot))
+    msg = _error(run_cli, path)
+    assert "versions.yaml line" in msg and f"archive.snapshot: {fault}" in msg
