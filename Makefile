@@ -52,8 +52,8 @@ check: lint unit ## what CI runs: lint, unit tests, build and test the default c
 publish-test: venv ## publish tests against a throwaway local registry (tiny images)
 	$(PY) -m pytest tests/integration/test_publish.py -q -rs
 
-repro: venv ## verify the default prod image is reproducible (rebuild and compare)
-	$(PY) build.py verify-repro $(or $(CELL),cu128-bookworm) --variant prod
+repro: venv ## publish the default prod image to a loopback registry, verify it from a fresh clone
+	$(PY) -m pytest tests/integration/test_repro_from_clone.py --repro -rs -s -p no:cacheprovider
 
 bench: venv ## benchmarks into bench/report.{md,json,png} (ONLY=build|size|startup|inference|server)
 	$(PY) -m bench $(if $(ONLY),--only $(ONLY))

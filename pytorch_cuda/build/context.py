@@ -7,13 +7,12 @@ import tarfile
 from pathlib import Path
 
 from pytorch_cuda.core.names import CA_CONTEXT_PATH
-from pytorch_cuda.core.paths import IMAGE_FILES, IMAGES, ROOT, SERVER
-from pytorch_cuda.lock import locking
+from pytorch_cuda.core.paths import PER_CELL_INPUTS, ROOT, SHARED_INPUTS
 from pytorch_cuda.matrix import Cell
 
 
 def _files(cell: Cell) -> list[Path]:
-    roots = [IMAGES / cell.id, locking.LOCKS / cell.id, IMAGE_FILES, SERVER / "ptserve"]
+    roots = [*(folder / cell.id for folder in PER_CELL_INPUTS), *SHARED_INPUTS]
     found = [p for r in roots if r.exists() for p in r.rglob("*")
              if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
     return sorted(found)

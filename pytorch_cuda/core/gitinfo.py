@@ -18,7 +18,8 @@ def source_date_epoch() -> int:
     what goes into images (so commits to tests or docs leave every layer as it was), else 0."""
     if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
         return int(os.environ["SOURCE_DATE_EPOCH"])
-    stamp = _git("log", "-1", "--format=%ct", "--", *IMAGE_INPUTS)
+    stamp = _git("log", "-1", "--format=%ct", "--",
+                 *(path.relative_to(ROOT).as_posix() for path in IMAGE_INPUTS))
     return int(stamp) if stamp.isdigit() else 0
 
 

@@ -5,21 +5,29 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
 import pytest
+from docker.models.containers import Container
+from testinfra.host import Host
 
-from pytorch_cuda.build.engine import ensure_engine
-from pytorch_cuda.core.paths import ROOT, VERSIONS
 from pytorch_cuda.lock import locking
+from pytorch_cuda.build.engine import ensure_engine
+from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.host import ensure_tool
 from pytorch_cuda.matrix import Cell, Image, load_matrix
+from pytorch_cuda.core.paths import ROOT, VERSIONS
 
 from .containers import TrackedContainer
+from .localregistry import LocalRegistry
+from .infra import docker_host
 
 CHECKS_DIR = ROOT / "tests" / "incontainer"
 PIP_DIR = Path(__import__("pip").__file__).parent
@@ -89,6 +97,23 @@ def containers(client: docker.DockerClient):
         return helper
 
     yield make
+    for helper in helpers:
+        helper.cleanup()
+
+
+@pytest.fixture(scope="module")
+def infra_host(client: docker.DockerClient):
+    """A factory: start a tracked container of an image, return it and its testinfra host
+    (commands run as `user`, else as the image's USER); removed after the module."""
+    helpers: list[TrackedContainer] = []
+
+    def start(image: Image, user: str | None = None, **run_kwargs: Any) -> tuple[Container, Host]:
+        helper = TrackedContainer(client, image.ref())
+        helpers.append(helper)
+        container = helper.start(**run_kwargs)
+        return container, docker_host(container, user)
+
+    yield start
     for helper in helpers:
         helper.cleanup()
 
@@ -271,3 +296,29 @@ def custom_op_dir(prod_image: Image, client: docker.DockerClient,
         helper.cleanup()
     assert result.get("ok"), f"{dev.name}: building the custom operator failed: {result}"
     return out
+
+
+@pytest.fixture(scope="session")
+def registry_program() -> str:
+    """The docker-registry program (installed with apt-get where the machine allows)."""
+    try:
+        return ensure_tool("docker-registry", "docker-registry")
+    except UserError as exc:
+        pytest.skip(f"no docker-registry program: {exc}")
+
+
+@pytest.fixture
+def registry_root():
+    """A private directory for the registry's config, storage and log, always removed."""
+    root = Path(tempfile.mkdtemp(prefix="ptc-registry-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def registry(registry_program: str, registry_root: Path):
+    """A running registry without authentication; always stopped."""
+    reg = LocalRegistry(registry_program, registry_root)
+    reg.start()
+    yield reg
+    reg.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 
@@ -72,3 +73,26 @@ def test_a_pin_changed_by_hand_is_named(prod_image, client, tmp_path):
             ("packages.numpy", "2.3.3", "2.3.2")]
     finally:
         client.images.remove(image.id, force=True)
+
+
+def test_an_apt_pin_the_mirror_never_had_stops_before_building(prod_image, client, tmp_path):
+    """A pin to a version the live mirror never had: exit 2 before any build, both ways out named."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    lock = clone / "locks" / prod_image.cell.os.name / "apt.txt"
+    lock.write_text(lock.read_text().replace("\ntini=", "\ntini=0.0.0-never+", 1))
+    before = _targets(client, prod_image)
+    env = {k: v for k, v in os.environ.items() if k != "PTC_DEBIAN_SNAPSHOT_MIRROR"}
+    proc = subprocess.run(
+        [sys.executable, "build.py", "build", prod_image.cell.id, "--variant", "prod", "--quiet"],
+        cwd=clone, capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: locks/{prod_image.cell.os.name}/apt.txt: tini=0.0.0-never+")
+    assert "is not in the live Debian mirror" in error
+    assert "--snapshot-mirror URL or PTC_DEBIAN_SNAPSHOT_MIRROR" in error
+    assert "'python build.py lock'" in error
+    assert "using the live Debian mirror" in proc.stderr  # said once, before anything else
+    assert "step 1/" not in proc.stderr
+    assert _targets(client, prod_image) == before
