@@ -6,11 +6,22 @@ clients (one per thread, alternating the controlflow and smallconv models and
 their reference inputs), and times every request. The server's resident memory
 (VmRSS of its Python process) is read before the warm-up and after the last
 round. The clients run on the same machine as the server and share its CPUs.
+
+Then, side by side in the same image on a small conv model (`SCRIPT`, written
+by the image's own torch): ptserve without and with dynamic batching, and the
+hand-written alternative, a Flask app served by waitress (from the host's pip,
+mounted read-only: the prod image has no pip). Every target gets the same
+pre-encoded JSON requests from plain keep-alive HTTP clients; the in-process
+call of the model, timed inside the container, is the floor for the overhead.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,10 +31,92 @@ import numpy as np
 from pytorch_cuda.core.progress import human_bytes, say
 
 from . import startup
-from .session import BenchError, Session
+from .session import BenchError, Session, free_port
 from .stats import percentile, summary
 
 WARMUP_REQUESTS = 200
+COMPARE_CLIENTS = 32
+SINGLE_CLIENT_REQUESTS = 300
+FLASK_PACKAGES = ("flask==3.1.2", "waitress==3.0.2")
+
+SCRIPT = '''"""Bench helper run inside the prod image: write the conv models, time an
+in-process call, or serve the model with Flask (the hand-written alternative)."""
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPE = [3, 16, 16]
+
+
+class SmallConv(torch.nn.Module):
+    """3x16x16 images to 10 scores: a stem and 10 thin 3x3 conv layers (6k weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.body = torch.nn.Sequential(*[
+            torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
+            for _ in range(10)])
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.head(self.body(torch.relu(self.stem(x))).mean(dim=(2, 3)))
+
+
+def models(out):
+    torch.manual_seed(0)
+    module = torch.jit.script(SmallConv().eval())
+    io = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1] + SHAPE}],
+          "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 10]}]}
+    batched = {**io, "max_batch_size": 32,
+               "dynamic_batching": {"max_queue_delay_microseconds": 2000,
+                                    "preferred_batch_size": [32]}}
+    for name, config in (("conv", io), ("conv_batched", batched)):
+        (out / name / "1").mkdir(parents=True)
+        (out / name / "config.json").write_text(json.dumps(config))
+        module.save(str(out / name / "1" / "model.pt"))
+    print(json.dumps({"models": ["conv", "conv_batched"]}))
+
+
+def inprocess(path):
+    model = torch.jit.load(path).eval()
+    x = torch.randn([1] + SHAPE)
+    times = []
+    with torch.inference_mode():
+        for turn in range(1100):
+            start = time.perf_counter()
+            model(x)
+            if turn >= 100:
+                times.append((time.perf_counter() - start) * 1000)
+    print(json.dumps({"median_ms": statistics.median(times)}))
+
+
+def flask(path):
+    import waitress
+    from flask import Flask, jsonify, request
+
+    app = Flask(__name__)
+    model = torch.jit.load(path).eval()
+
+    @app.post("/predict")
+    def predict():
+        body = request.get_json()
+        x = torch.tensor(body["data"], dtype=torch.float32).reshape(body["shape"])
+        with torch.inference_mode():
+            y = model(x)
+        return jsonify({"shape": list(y.shape), "data": y.flatten().tolist()})
+
+    waitress.serve(app, host="0.0.0.0", port=8000, threads=8)
+
+
+if __name__ == "__main__":
+    {"models": lambda: models(Path(sys.argv[2])), "inprocess": lambda: inprocess(sys.argv[2]),
+     "flask": lambda: flask(sys.argv[2])}[sys.argv[1]]()
+'''
 
 
 def server_rss(container) -> int:
@@ -123,7 +216,9 @@ def measure(session: Session, runs: int, requests: int, clients: int) -> dict:
     finally:
         session.remove(container)
     say(f"server RSS {human_bytes(rss_before)} before, {human_bytes(rss_after)} after")
+    comparison = compare(session, requests, runs)
     return {
+        "compare": comparison,
         "requests": requests, "clients": clients, "runs": runs,
         "warmup_requests": WARMUP_REQUESTS, "gpu": bool(session.gpu_kwargs()),
         "req_per_s": summary([r["req_per_s"] for r in rounds]),
@@ -133,3 +228,152 @@ def measure(session: Session, runs: int, requests: int, clients: int) -> dict:
         "rounds": rounds,
         "rss_before_bytes": rss_before, "rss_after_bytes": rss_after,
     }
+
+
+# --- ptserve with and without batching, against a Flask app --------------------------
+
+
+def _bodies() -> dict[str, bytes]:
+    """The same 1x3x16x16 image as a KServe v2 request and as the Flask app's JSON."""
+    values = np.random.default_rng(0).standard_normal(3 * 16 * 16).round(4).tolist()
+    shape = [1, 3, 16, 16]
+    kserve = {"inputs": [{"name": "x", "datatype": "FP32", "shape": shape, "data": values}]}
+    return {"kserve": json.dumps(kserve).encode(),
+            "flask": json.dumps({"shape": shape, "data": values}).encode()}
+
+
+def http_load(port: int, path: str, body: bytes, requests: int, clients: int) -> dict:
+    """`requests` POSTs of `body` from `clients` keep-alive connections; req/s and p50."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients + 1)
+    headers = {"Content-Type": "application/json"}
+
+    def worker(index: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        mine, failed = [], []
+        barrier.wait()
+        for _ in range(index, requests, clients):
+            start = time.perf_counter()
+            try:
+                connection.request("POST", path, body, headers)
+                response = connection.getresponse()
+                response.read()
+                if response.status == 200:
+                    mine.append((time.perf_counter() - start) * 1000)
+                else:
+                    failed.append(f"HTTP {response.status}")
+            except (OSError, http.client.HTTPException) as exc:
+                failed.append(str(exc))
+                connection.close()
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+            errors.extend(failed)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=900)
+    elapsed = time.perf_counter() - started
+    if not latencies:
+        raise BenchError(f"no request to {path} succeeded; first error: {errors[:1]}")
+    return {"req_per_s": len(latencies) / elapsed, "p50_ms": statistics.median(latencies),
+            "p99_ms": percentile(latencies, 99), "errors": len(errors)}
+
+
+def _flask_site(session: Session) -> Path:
+    """Flask and waitress installed by the host's pip into a folder to mount."""
+    site = session.scratch("flask")
+    say(f"installing {' and '.join(FLASK_PACKAGES)} for the Flask comparison")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-compile",
+                           "--target", str(site), *FLASK_PACKAGES],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"pip could not install {FLASK_PACKAGES}: "
+                         + " | ".join(done.stderr.strip().splitlines()[-2:]))
+    return site
+
+
+def _wait_http(session: Session, container, port: int, path: str, body: bytes) -> None:
+    startup.wait_for(session, container, f"http://127.0.0.1:{port}{path}", body,
+                     time.monotonic())
+
+
+def compare(session: Session, requests: int, runs: int) -> dict:
+    """ptserve unbatched, batched and a Flask app on one conv model, same image, same clients."""
+    work = session.scratch("server-compare")
+    (work / "serve_bench.py").write_text(SCRIPT)
+    repo = work / "models"
+    repo.mkdir()
+    repo.chmod(0o777)
+    image = session.prod.ref()
+    scripts = {str(work): {"bind": "/bench", "mode": "ro"}}
+    session.run(image, ["python", "/bench/serve_bench.py", "models", "/bench/models"],
+                volumes={str(work): {"bind": "/bench", "mode": "rw"}})
+    models = {**scripts, str(repo): {"bind": "/models", "mode": "ro"}}
+    out, _ = session.run(image, ["python", "/bench/serve_bench.py", "inprocess",
+                                 "/models/conv/1/model.pt"], volumes=models)
+    inprocess_ms = json.loads(out)["median_ms"]
+    bodies = _bodies()
+    site = _flask_site(session)
+    results: dict[str, dict] = {}
+
+    port = free_port()
+    container = session.start(image, ports={"8000/tcp": ("127.0.0.1", port)}, volumes=models)
+    try:
+        _wait_http(session, container, port, "/v2/models/conv_batched/infer", bodies["kserve"])
+        for name in ("conv", "conv_batched"):
+            path = f"/v2/models/{name}/infer"
+            http_load(port, path, bodies["kserve"], WARMUP_REQUESTS, COMPARE_CLIENTS)
+            rounds = [http_load(port, path, bodies["kserve"], requests, COMPARE_CLIENTS)
+                      for _ in range(runs)]
+            results[name] = _rounds(rounds)
+        single = http_load(port, "/v2/models/conv/infer", bodies["kserve"],
+                           SINGLE_CLIENT_REQUESTS, 1)
+    finally:
+        session.remove(container)
+
+    port = free_port()
+    container = session.start(
+        image, ["python", "/bench/serve_bench.py", "flask", "/models/conv/1/model.pt"],
+        ports={"8000/tcp": ("127.0.0.1", port)},
+        volumes={**models, str(site): {"bind": "/site", "mode": "ro"}},
+        environment={"PYTHONPATH": "/site"})
+    try:
+        _wait_http(session, container, port, "/predict", bodies["flask"])
+        http_load(port, "/predict", bodies["flask"], WARMUP_REQUESTS, COMPARE_CLIENTS)
+        results["flask"] = _rounds([http_load(port, "/predict", bodies["flask"], requests,
+                                              COMPARE_CLIENTS) for _ in range(runs)])
+        flask_single = http_load(port, "/predict", bodies["flask"], SINGLE_CLIENT_REQUESTS, 1)
+    finally:
+        session.remove(container)
+
+    rate = {name: r["req_per_s"]["median"] for name, r in results.items()}
+    figures = {
+        "clients": COMPARE_CLIENTS, "requests": requests, "runs": runs,
+        "model": "SmallConv, 1x3x16x16 FP32, JSON", "targets": results,
+        "inprocess_ms": inprocess_ms,
+        "single_client_p50_ms": {"ptserve": single["p50_ms"], "flask": flask_single["p50_ms"]},
+        "overhead_ms": {"ptserve": single["p50_ms"] - inprocess_ms,
+                        "flask": flask_single["p50_ms"] - inprocess_ms},
+        "batching_speedup": rate["conv_batched"] / rate["conv"],
+        "vs_flask": rate["conv_batched"] / rate["flask"],
+        "unbatched_vs_flask": rate["conv"] / rate["flask"],
+    }
+    say(f"conv model, {COMPARE_CLIENTS} clients: ptserve {rate['conv']:.0f} req/s, batched "
+        f"{rate['conv_batched']:.0f} req/s ({figures['batching_speedup']:.2f}x), Flask "
+        f"{rate['flask']:.0f} req/s; 1 client: +{figures['overhead_ms']['ptserve']:.2f} ms "
+        f"over an in-process call ({inprocess_ms:.2f} ms)")
+    return figures
+
+
+def _rounds(rounds: list[dict]) -> dict:
+    return {"req_per_s": summary([r["req_per_s"] for r in rounds]),
+            "p50_ms": summary([r["p50_ms"] for r in rounds]),
+            "p99_ms": summary([r["p99_ms"] for r in rounds]),
+            "errors": sum(r["errors"] for r in rounds)}

@@ -1,4 +1,9 @@
-"""HTTP routes of the KServe v2 protocol, JSON errors, access log and request metrics."""
+"""HTTP routes of the KServe v2 protocol, JSON errors, access log and request metrics.
+
+Malformed HTTP never reaches the routes: aiohttp's connection handler answers
+it, so :class:`JsonErrorRunner` swaps in a handler whose ``handle_error``
+answers JSON and logs one access line, without a traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +11,33 @@ import asyncio
 import json
 import logging
 import time
+from http import HTTPStatus
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
 from ptserve import __version__, logs
+from ptserve.batching import Batcher
 from ptserve.codec import HEADER_LENGTH
 from ptserve.errors import ApiError
-from ptserve.metrics import CONTENT_TYPE, ServerMetrics
+from ptserve.metrics import ServerMetrics
 from ptserve.modelconfig import ModelConfig
 from ptserve.repository import Model, ModelVersion, Repository, State
 from ptserve.settings import Settings
 
 if TYPE_CHECKING:
-    from ptserve.runtime import Runtime
+    from ptserve.runtime import InferReply, Runtime
 
 SERVER_NAME = "ptserve"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 PLATFORM = "pytorch_torchscript"
+NOT_READY = 400  # the protocol: 200 for ready, 4xx for not ready
+JSON_TYPES = ("application/json", "application/octet-stream")
 
 
 @dataclass
@@ -39,12 +51,39 @@ class ServerState:
     executor: Executor
     inflight: int = 0
     draining: bool = False
+    batchers: dict[tuple[str, int], Batcher] = field(default_factory=dict)
 
     def not_ready_reason(self) -> str:
         """Why ``/v2/health/ready`` fails, or "" when the server is ready."""
         if self.draining:
             return "the server is shutting down"
         return self.repository.not_ready_reason()
+
+    def batcher(self, config: ModelConfig, version: ModelVersion) -> Batcher:
+        """The batcher of a model version with ``dynamic_batching`` (made on first use)."""
+        key = (version.model, version.version)
+        if key not in self.batchers:
+            assert config.dynamic_batching is not None
+            model = version.model
+            histogram = self.metrics.batch_size.labels(model)
+            self.batchers[key] = Batcher(
+                lambda batch: self.runtime.forward_batch(model, config, version, batch),
+                self.executor,
+                config.max_batch_size,
+                config.dynamic_batching,
+                histogram.observe,
+            )
+        return self.batchers[key]
+
+    def close(self) -> None:
+        """Stop the batchers."""
+        for batcher in self.batchers.values():
+            batcher.close()
+
+    def count(self, model: str, status: int, seconds: float) -> None:
+        """Record one answered request in the metrics."""
+        self.metrics.requests.labels(model, str(status)).inc()
+        self.metrics.request_seconds.labels(model).observe(seconds)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -80,9 +119,19 @@ class Api:
         message = ""
         try:
             response = await handler(request)
+        except ConnectionError as exc:
+            # The client went away mid-request: nobody gets an answer, so log no status.
+            logs.info(
+                "client_disconnected", method=request.method, path=request.path,
+                remote=request.remote, ms=round((time.perf_counter() - started) * 1000, 3),
+                reason=str(exc) or type(exc).__name__,
+            )
+            return web.Response(status=499)
         except ApiError as exc:
             message = exc.message
             response = error_response(exc.status, message)
+            if exc.close:
+                response.force_close()
         except web.HTTPException as exc:
             message = _http_error_message(request, exc)
             response = error_response(exc.status, message)
@@ -92,9 +141,8 @@ class Api:
             response = error_response(500, message)
         seconds = time.perf_counter() - started
         name = request.match_info.get("name", "")
-        model = name if name in self.state.repository.models else ""
-        self.state.metrics.requests.inc((model, str(response.status)))
-        self.state.metrics.request_seconds.observe(seconds, (model,))
+        self.state.count(name if name in self.state.repository.models else "",
+                         response.status, seconds)
         fields = {"error": message} if message else {}
         logs.info(
             "access",
@@ -116,6 +164,8 @@ class Api:
             web.get("/v2/health/ready", self.ready),
             web.get("/v2", self.server_metadata),
             web.post("/v2/repository/index", self.repository_index),
+            web.post("/v2/repository/models/{name}/load", self.repository_control),
+            web.post("/v2/repository/models/{name}/unload", self.repository_control),
             web.get("/metrics", self.metrics),
             *(web.get(p, self.model_metadata) for p in (model, versioned)),
             *(web.get(p + "/ready", self.model_ready) for p in (model, versioned)),
@@ -128,7 +178,7 @@ class Api:
     async def ready(self, request: web.Request) -> web.Response:
         reason = self.state.not_ready_reason()
         if reason:
-            return json_response({"ready": False, "error": f"not ready: {reason}"}, 503)
+            return json_response({"ready": False, "error": f"not ready: {reason}"}, NOT_READY)
         return json_response({"ready": True})
 
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -137,7 +187,7 @@ class Api:
         )
 
     async def repository_index(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        body = await self._read_body(request)
         try:
             options = json.loads(body) if body.strip() else {}
         except ValueError:
@@ -147,14 +197,18 @@ class Api:
             rows = [row for row in rows if row["state"] == State.READY.value]
         return json_response(rows)
 
+    async def repository_control(self, request: web.Request) -> web.Response:
+        self.state.repository.model(request.match_info["name"])
+        action = request.path.rsplit("/", 1)[1]
+        raise ApiError(
+            400,
+            f"ptserve loads every model of the repository at start; explicit {action} "
+            "is not supported (restart the server to change models)",
+        )
+
     async def metrics(self, request: web.Request) -> web.Response:
-        metrics = self.state.metrics
-        for version in self.state.repository.versions():
-            ready = 1 if version.state is State.READY else 0
-            metrics.model_ready.set(ready, (version.model, str(version.version)))
-        for device, used in self.state.runtime.gpu_memory():
-            metrics.gpu_memory.set(used, (str(device),))
-        return web.Response(body=metrics.render().encode(), headers={"Content-Type": CONTENT_TYPE})
+        body, content_type = self.state.metrics.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def _lookup(self, request: web.Request) -> tuple[Model, ModelVersion]:
         model = self.state.repository.model(request.match_info["name"])
@@ -185,22 +239,35 @@ class Api:
         answer: dict[str, Any] = {"name": model.name, "version": str(version.version)}
         if version.state is State.READY:
             return json_response({**answer, "ready": True})
-        return json_response({**answer, "ready": False, "error": _not_ready(version)}, 503)
+        return json_response(
+            {**answer, "ready": False, "error": _not_ready(version)}, NOT_READY
+        )
 
     async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.state.settings.max_body_bytes
+        """The whole body, within the size limit and the body-read timeout."""
+        settings = self.state.settings
+        limit = settings.max_body_bytes
         too_large = ApiError(
             413, f"request body is larger than the {limit}-byte limit (PTSERVE_MAX_BODY_BYTES)"
         )
         if request.content_length is not None and request.content_length > limit:
             raise too_large
         try:
-            return await request.read()
+            return await asyncio.wait_for(request.read(), settings.body_timeout_seconds)
         except web.HTTPRequestEntityTooLarge:
             raise too_large from None
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"request body not received within {settings.body_timeout_seconds:g} s "
+                "(PTSERVE_BODY_TIMEOUT_SECONDS)",
+                close=True,
+            ) from None
 
     async def infer(self, request: web.Request) -> web.Response:
         model, version, config = self._ready_version(request)
+        _check_content_type(request)
+        body = await self._read_body(request)
         state = self.state
         if state.inflight >= state.settings.max_inflight:
             raise ApiError(
@@ -211,20 +278,11 @@ class Api:
         state.inflight += 1
         state.metrics.inflight.set(state.inflight)
         try:
-            body = await self._read_body(request)
-            reply = await asyncio.get_running_loop().run_in_executor(
-                state.executor,
-                state.runtime.infer,
-                model.name,
-                config,
-                version,
-                body,
-                request.headers.get(HEADER_LENGTH),
-            )
+            reply = await self._run(model, config, version, body, request.headers)
         finally:
             state.inflight -= 1
             state.metrics.inflight.set(state.inflight)
-        state.metrics.inference_seconds.observe(reply.inference_seconds, (model.name,))
+        state.metrics.inference_seconds.labels(model.name).observe(reply.inference_seconds)
         if reply.header_length is None:
             return web.Response(body=reply.body, content_type="application/json")
         return web.Response(
@@ -233,10 +291,102 @@ class Api:
             headers={HEADER_LENGTH: str(reply.header_length)},
         )
 
+    async def _run(
+        self, model: Model, config: ModelConfig, version: ModelVersion, body: bytes,
+        headers: Any,
+    ) -> InferReply:
+        """One inference in the worker pool; through the batcher when the model has one."""
+        loop = asyncio.get_running_loop()
+        state, runtime = self.state, self.state.runtime
+        header_length = headers.get(HEADER_LENGTH)
+        if config.dynamic_batching is None:
+            return await loop.run_in_executor(
+                state.executor, runtime.infer, model.name, config, version, body, header_length
+            )
+        request, args = await loop.run_in_executor(
+            state.executor, runtime.prepare, config, body, header_length
+        )
+        results, seconds = await state.batcher(config, version).submit(args)
+        return await loop.run_in_executor(
+            state.executor, runtime.encode, model.name, version, request, results, seconds
+        )
+
+
+def _check_content_type(request: web.Request) -> None:
+    """415 unless the body is JSON (or binary tensor data), or its type is not given."""
+    if "Content-Type" not in request.headers:
+        return
+    mime = request.content_type
+    if mime in JSON_TYPES or mime.endswith("+json"):
+        return
+    raise ApiError(
+        415,
+        f"Content-Type {mime} is not accepted: send JSON as application/json, or binary "
+        f"tensor data as application/octet-stream with an {HEADER_LENGTH} header",
+    )
+
 
 def _not_ready(version: ModelVersion) -> str:
     reason = version.reason or "it is still loading"
     return f"model '{version.model}' version {version.version} is not ready: {reason}"
+
+
+class JsonErrorHandler(RequestHandler):
+    """A connection handler whose errors (malformed HTTP, mostly) answer JSON.
+
+    aiohttp calls ``handle_error`` for requests it cannot parse and for
+    exceptions that escape the application; ``count`` records each answer.
+    """
+
+    count: Any = None
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already under way when the error came")
+        if status >= 500:
+            logs.log(logging.ERROR, "connection_error", exc_info=exc is not None,
+                     status=status, remote=request.remote)
+            text = f"internal error: {type(exc).__name__ if exc else HTTPStatus(status).phrase}"
+        else:
+            detail = (message or HTTPStatus(status).phrase).strip().splitlines()[0].rstrip(":")
+            text = f"malformed HTTP request: {detail}"
+            logs.info("access", status=status, remote=request.remote, error=text)
+        if self.count is not None:
+            self.count("", status, 0.0)
+        response = error_response(status, text)
+        response.force_close()
+        return response
+
+
+class _JsonErrorServer(web.Server):
+    """Makes :class:`JsonErrorHandler` connection handlers."""
+
+    count: Any = None
+
+    def __call__(self) -> RequestHandler:
+        handler = JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+        handler.count = self.count
+        return handler
+
+
+class JsonErrorRunner(web.AppRunner):
+    """An AppRunner whose connections answer malformed HTTP with JSON errors."""
+
+    def __init__(self, app: web.Application, state: ServerState, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._count = state.count
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        server.count = self._count
+        return server
 
 
 def create_app(state: ServerState) -> web.Application:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptserve.errors import ApiError
-from ptserve.modelconfig import ModelConfig, TensorSpec
+from ptserve.modelconfig import BYTES_REFUSED, ModelConfig, TensorSpec
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -107,21 +107,22 @@ def _shape(raw: dict[str, Any], spec: TensorSpec) -> tuple[int, ...]:
 
 
 def _flatten(data: Any, name: str) -> list:
+    """Row-major values of flat or regularly nested ``data``; 400 if it is ragged."""
     if not isinstance(data, list):
         raise _bad(f"input '{name}' 'data' must be a JSON array")
-    if list not in set(map(type, data)):
-        return data
-    flat: list = []
-    stack = [iter(data)]
-    while stack:
-        for value in stack[-1]:
-            if isinstance(value, list):
-                stack.append(iter(value))
-                break
-            flat.append(value)
-        else:
-            stack.pop()
-    return flat
+    level, depth = data, 0
+    while any(isinstance(value, list) for value in level):
+        depth += 1
+        if not all(isinstance(value, list) for value in level):
+            raise _bad(f"input '{name}' 'data' is ragged: depth {depth} mixes arrays and values")
+        lengths = sorted(set(map(len, level)))
+        if len(lengths) > 1:
+            raise _bad(
+                f"input '{name}' 'data' is ragged: arrays at depth {depth} have "
+                f"{lengths[0]} and {lengths[-1]} elements"
+            )
+        level = [value for row in level for value in row]
+    return level
 
 
 def _check_values(values: list, spec: TensorSpec) -> None:
@@ -138,9 +139,10 @@ def _check_values(values: list, spec: TensorSpec) -> None:
         index, value = next(
             (i, v) for i, v in enumerate(values) if not dt.low <= v <= dt.high
         )
+        note = f" ({dt.note})" if dt.note else ""
         raise _bad(
             f"input '{spec.name}' element {index} is {value}, "
-            f"outside the {dt.name} range [{dt.low}, {dt.high}]"
+            f"outside the {dt.name} range [{dt.low}, {dt.high}]{note}"
         )
 
 
@@ -179,6 +181,8 @@ def _input(
     if spec is None:
         known = ", ".join(s.name for s in config.inputs)
         raise _bad(f"unknown input '{name}'; the model's inputs are: {known}")
+    if raw.get("datatype") == "BYTES":
+        raise _bad(f"input '{name}': {BYTES_REFUSED}")
     if raw.get("datatype") != spec.datatype.name:
         raise _bad(
             f"input '{name}' has datatype {_show(raw.get('datatype'))} "
@@ -219,7 +223,26 @@ def _inputs(doc: dict[str, Any], config: ModelConfig, binary: memoryview) -> lis
     if missing:
         raise _bad(f"missing input '{missing[0]}'; the model needs: "
                    + ", ".join(s.name for s in config.inputs))
-    return [found[spec.name] for spec in config.inputs]
+    ordered = [found[spec.name] for spec in config.inputs]
+    if config.max_batch_size:
+        _check_batch(ordered, config.max_batch_size)
+    return ordered
+
+
+def _check_batch(inputs: list[InputTensor], max_batch_size: int) -> None:
+    """Inputs of a batching model share their first dimension, at most max_batch_size."""
+    first = inputs[0]
+    for tensor in inputs[1:]:
+        if tensor.shape[0] != first.shape[0]:
+            raise _bad(
+                f"input '{tensor.spec.name}' has batch size {tensor.shape[0]} but input "
+                f"'{first.spec.name}' has {first.shape[0]}; they must match"
+            )
+    if first.shape[0] > max_batch_size:
+        raise _bad(
+            f"input '{first.spec.name}' has batch size {first.shape[0]}, "
+            f"more than the model's max_batch_size {max_batch_size}"
+        )
 
 
 def _outputs(doc: dict[str, Any], config: ModelConfig, binary: bool) -> list[RequestedOutput]:

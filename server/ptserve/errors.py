@@ -2,9 +2,13 @@
 
 
 class ApiError(Exception):
-    """An error with the HTTP status and the one-sentence message sent to the client."""
+    """An error with the HTTP status and the one-sentence message sent to the client.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``close``: close the connection after the answer (the request was not read whole).
+    """
+
+    def __init__(self, status: int, message: str, close: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from ptserve import __version__, logs
-from ptserve.app import ServerState, create_app
+from ptserve.app import JsonErrorRunner, ServerState, create_app
 from ptserve.metrics import ServerMetrics
 from ptserve.repository import Repository
 from ptserve.runtime import Runtime
@@ -45,9 +45,11 @@ async def serve(settings: Settings) -> bool:
     repository = _scan(settings)
     runtime = Runtime.create(settings.require_gpu, settings.allow_tf32)
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="ptserve-infer")
-    state = ServerState(settings, repository, runtime, ServerMetrics(), executor)
-    runner = web.AppRunner(
+    metrics = ServerMetrics(repository, runtime.gpu_stats)
+    state = ServerState(settings, repository, runtime, metrics, executor)
+    runner = JsonErrorRunner(
         create_app(state),
+        state,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.drain_seconds,
@@ -69,6 +71,7 @@ async def serve(settings: Settings) -> bool:
         workers=settings.workers,
         max_inflight=settings.max_inflight,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
     )
     threading.Thread(
         target=runtime.load_all, args=(repository,), name="ptserve-loader", daemon=True
@@ -93,6 +96,7 @@ async def serve(settings: Settings) -> bool:
         grace_seconds=settings.drain_seconds,
     )
     await runner.cleanup()
+    state.close()
     finished = _join_workers(executor, max(0.0, deadline - time.monotonic()))
     if finished:
         logs.info("stopped")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ptserve import logs
-from ptserve.codec import encode_infer_response, parse_infer_request
+from ptserve.codec import InferRequest, encode_infer_response, parse_infer_request
 from ptserve.errors import ApiError
 from ptserve.modelconfig import ModelConfig
 from ptserve.repository import ModelVersion, Repository, State
@@ -37,6 +37,18 @@ def summarize(exc: BaseException, last: bool = False) -> str:
 
 
 @dataclass(frozen=True)
+class GpuStats:
+    """One GPU as /metrics reports it; ``used_bytes`` counts every process on it."""
+
+    device: int
+    allocated_bytes: int
+    reserved_bytes: int
+    used_bytes: int
+    total_bytes: int
+    utilization_percent: float | None
+
+
+@dataclass(frozen=True)
 class InferReply:
     """An encoded inference answer and the time the model itself took."""
 
@@ -55,6 +67,7 @@ class Runtime:
         self.device = device
         self.blocked = blocked
         self._libraries: set[Path] = set()
+        self._nvml_missing = False
 
     @classmethod
     def create(cls, require_gpu: bool, allow_tf32: bool = False) -> Runtime:
@@ -130,23 +143,44 @@ class Runtime:
             seconds=round(time.perf_counter() - started, 3),
         )
 
-    def gpu_memory(self) -> list[tuple[int, int]]:
-        """(device index, bytes allocated by tensors) for each visible GPU."""
+    def gpu_stats(self) -> list[GpuStats]:
+        """Memory and, where NVML answers, utilization of each visible GPU."""
         if not torch.cuda.is_available():
             return []
-        return [(i, torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count())]
+        stats = []
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            stats.append(GpuStats(
+                device=index,
+                allocated_bytes=torch.cuda.memory_allocated(index),
+                reserved_bytes=torch.cuda.memory_reserved(index),
+                used_bytes=total - free,
+                total_bytes=total,
+                utilization_percent=self._utilization(index),
+            ))
+        return stats
 
-    def infer(
-        self,
-        model: str,
-        config: ModelConfig,
-        version: ModelVersion,
-        body: bytes,
-        header_length: str | None,
-    ) -> InferReply:
-        """Decode, validate, run and encode one request (called in a worker thread)."""
+    def _utilization(self, index: int) -> float | None:
+        """GPU busy percentage from NVML; None (and never asked again) without pynvml."""
+        if self._nvml_missing:
+            return None
+        try:
+            return float(torch.cuda.utilization(index))
+        except Exception:  # noqa: BLE001 - pynvml is optional; omit the figure without it
+            self._nvml_missing = True
+            return None
+
+    def prepare(
+        self, config: ModelConfig, body: bytes, header_length: str | None
+    ) -> tuple[InferRequest, list[torch.Tensor]]:
+        """Decode and validate a request; its input tensors on the device."""
         request = parse_infer_request(config, body, header_length)
-        args = [to_torch(tensor, self.device) for tensor in request.inputs]
+        return request, [to_torch(tensor, self.device) for tensor in request.inputs]
+
+    def forward(
+        self, model: str, config: ModelConfig, version: ModelVersion, args: list[torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], float]:
+        """Run the model once; its outputs on the CPU by name, and the seconds it took."""
         started = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -159,10 +193,56 @@ class Runtime:
             raise ApiError(
                 500, f"inference failed for model '{model}': {summarize(exc, last=True)}"
             ) from None
-        seconds = time.perf_counter() - started
+        return results, time.perf_counter() - started
+
+    def forward_batch(
+        self,
+        model: str,
+        config: ModelConfig,
+        version: ModelVersion,
+        batch: list[list[torch.Tensor]],
+    ) -> tuple[list[dict[str, torch.Tensor]], float]:
+        """Run requests as one batch (inputs joined along dim 0); each request's outputs."""
+        sizes = [args[0].shape[0] for args in batch]
+        joined = [torch.cat(column) if len(batch) > 1 else column[0] for column in zip(*batch)]
+        results, seconds = self.forward(model, config, version, joined)
+        total = sum(sizes)
+        for name, value in results.items():
+            if value.dim() == 0 or value.shape[0] != total:
+                raise ApiError(
+                    500,
+                    f"model '{model}' output '{name}' has shape {list(value.shape)}, whose first "
+                    f"dimension is not the batch size {total}, so it cannot be split "
+                    "between requests (max_batch_size in config.json)",
+                )
+        split = {name: value.split(sizes) for name, value in results.items()}
+        return [{name: parts[i] for name, parts in split.items()} for i in range(len(sizes))], seconds
+
+    def encode(
+        self,
+        model: str,
+        version: ModelVersion,
+        request: InferRequest,
+        results: dict[str, torch.Tensor],
+        seconds: float,
+    ) -> InferReply:
+        """The answer to ``request`` from the model's outputs."""
         outputs = [from_torch(results[r.spec.name], r) for r in request.outputs]
         reply_body, length = encode_infer_response(model, version.version, request.id, outputs)
         return InferReply(reply_body, length, seconds)
+
+    def infer(
+        self,
+        model: str,
+        config: ModelConfig,
+        version: ModelVersion,
+        body: bytes,
+        header_length: str | None,
+    ) -> InferReply:
+        """Decode, validate, run and encode one request (called in a worker thread)."""
+        request, args = self.prepare(config, body, header_length)
+        results, seconds = self.forward(model, config, version, args)
+        return self.encode(model, version, request, results, seconds)
 
 
 def _named_outputs(result: Any, config: ModelConfig, model: str) -> dict[str, torch.Tensor]:

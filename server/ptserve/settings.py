@@ -23,7 +23,7 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, positive: bool = False) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -31,8 +31,9 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
-    if not value >= 0:
-        raise ValueError(f"{name}={raw} must be a non-negative number")
+    if not (value > 0 if positive else value >= 0) or value == float("inf"):
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"{name}={raw} must be a finite {kind} number")
     return value
 
 
@@ -64,6 +65,7 @@ class Settings:
     max_inflight: int = 64
     max_body_bytes: int = 64 * 1024 * 1024
     drain_seconds: float = 20.0
+    body_timeout_seconds: float = 30.0
     require_gpu: bool = False
     allow_tf32: bool = False
 
@@ -77,6 +79,7 @@ class Settings:
             max_inflight=_int(env, "PTSERVE_MAX_INFLIGHT", 64, 1),
             max_body_bytes=_int(env, "PTSERVE_MAX_BODY_BYTES", 64 * 1024 * 1024, 1),
             drain_seconds=_float(env, "PTSERVE_DRAIN_SECONDS", 20.0),
+            body_timeout_seconds=_float(env, "PTSERVE_BODY_TIMEOUT_SECONDS", 30.0, positive=True),
             require_gpu=_flag(env, "PTSERVE_REQUIRE_GPU"),
             allow_tf32=_flag(env, "PTSERVE_ALLOW_TF32"),
         )

@@ -112,7 +112,7 @@ def test_server_metadata(triton):
     meta = triton.get_server_metadata()
     assert meta["name"] == "ptserve"
     assert isinstance(meta["version"], str) and meta["version"]
-    assert "binary_tensor_data" in meta["extensions"]
+    assert {"binary_tensor_data", "model_repository"} <= set(meta["extensions"])
 
 
 def test_model_metadata(triton, serve_models):
@@ -311,12 +311,13 @@ def test_metrics(serve_url, serve_models):
     def grew(key: str) -> bool:
         return after.get(key, 0) > before.get(key, 0)
 
-    assert grew('ptserve_requests_total{model="controlflow",code="200"}')
-    assert grew('ptserve_requests_total{model="controlflow",code="400"}')
+    assert grew('ptserve_requests_total{code="200",model="controlflow"}')
+    assert grew('ptserve_requests_total{code="400",model="controlflow"}')
     assert grew('ptserve_request_duration_seconds_count{model="controlflow"}')
-    assert grew('ptserve_request_duration_seconds_bucket{model="controlflow",le="+Inf"}')
+    assert grew('ptserve_request_duration_seconds_bucket{le="+Inf",model="controlflow"}')
     assert grew('ptserve_inference_duration_seconds_count{model="controlflow"}')
     assert after["ptserve_inflight_requests"] == 0
+    assert after["process_resident_memory_bytes"] > 0
     assert after['ptserve_model_ready{model="controlflow",version="1"}'] == 1
     gpu = {k: v for k, v in after.items() if k.startswith("ptserve_gpu_memory_allocated_bytes")}
     if gpu:  # a GPU is visible: the models' weights live there
@@ -385,13 +386,13 @@ def test_load(request, serve_url, serve_models):
 def test_broken_models_are_reported(request, serve_url):
     broken_url = optional_fixture(request, "serve_broken_url")
     status, data, _ = call(broken_url, "GET", "/v2/health/ready")
-    assert status == 503 and "not ready" in error_of(data)
+    assert status == 400 and "not ready" in error_of(data)
     status, data, _ = call(broken_url, "GET", "/v2/health/live")
     assert status == 200
 
     status, data, _ = call(broken_url, "GET", "/v2/models/broken_customop/ready")
     answer = json.loads(data)
-    assert status == 503 and answer["ready"] is False
+    assert status == 400 and answer["ready"] is False
     assert "Unknown builtin op: ptserve_test::scale2" in answer["error"]
     status, data, _ = call(broken_url, "GET", "/v2/models/broken_corrupt")
     assert status == 503 and "failed to load" in error_of(data)

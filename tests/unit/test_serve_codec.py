@@ -69,6 +69,60 @@ def test_nested_data_is_flattened():
     assert request.inputs[0].data == [0, 1, 2, 3, 4.5, 5, 6, 7]
 
 
+@pytest.mark.parametrize(
+    "data, fragment",
+    [
+        ([[0, 1, 2], [3, 4, 5, 6, 7]], "arrays at depth 1 have 3 and 5 elements"),
+        ([[0, 1, 2, 3], 4, 5, 6, 7], "depth 1 mixes arrays and values"),
+        ([[[0, 1], [2, 3]], [[4, 5, 6, 7]]], "arrays at depth 1 have 1 and 2 elements"),
+        ([[[0, 1], [2, 3]], [[4, 5, 6], [7]]], "arrays at depth 2 have 1 and 3 elements"),
+    ],
+)
+def test_ragged_data_is_refused_naming_the_input(data, fragment):
+    rejects(CONFIG, body([x(data), mask()]), "input 'x' 'data' is ragged", fragment)
+
+
+def test_bytes_has_its_own_message():
+    rejects(CONFIG, body([x(datatype="BYTES"), mask()]), "input 'x'", "BYTES (strings) is not")
+
+
+@pytest.mark.parametrize(
+    "datatype, good, bad",
+    [
+        ("INT16", [-(2**15), 2**15 - 1], 2**15),
+        ("UINT16", [0, 2**16 - 1], -1),
+        ("UINT32", [0, 2**32 - 1], 2**32),
+        ("UINT64", [0, 2**63 - 1], 2**63),
+    ],
+)
+def test_more_integer_types(datatype, good, bad):
+    config = modelconfig.parse_config({
+        "inputs": [{"name": "v", "datatype": datatype, "shape": [2]}],
+        "outputs": [{"name": "w", "datatype": datatype, "shape": [2]}],
+    })
+    raw = {"name": "v", "datatype": datatype, "shape": [2]}
+    assert codec.parse_infer_request(config, body([{**raw, "data": good}])).inputs[0].data == good
+    rejects(config, body([{**raw, "data": [0, bad]}]), "element 1", f"outside the {datatype} range")
+
+
+BATCH_CONFIG = modelconfig.parse_config({
+    "inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 2]},
+               {"name": "b", "datatype": "FP32", "shape": [-1]}],
+    "outputs": [{"name": "c", "datatype": "FP32", "shape": [-1]}],
+    "max_batch_size": 4,
+})
+
+
+def test_batch_size_limit_and_shared_first_dimension():
+    def ab(n_a: int, n_b: int) -> bytes:
+        return body([{"name": "a", "datatype": "FP32", "shape": [n_a, 2], "data": [0] * 2 * n_a},
+                     {"name": "b", "datatype": "FP32", "shape": [n_b], "data": [0] * n_b}])
+
+    assert codec.parse_infer_request(BATCH_CONFIG, ab(4, 4)).inputs[1].shape == (4,)
+    rejects(BATCH_CONFIG, ab(5, 5), "input 'a' has batch size 5, more than the model's max_batch_size 4")
+    rejects(BATCH_CONFIG, ab(2, 3), "input 'b' has batch size 3 but input 'a' has 2")
+
+
 def test_zero_batch_is_allowed():
     request = codec.parse_infer_request(CONFIG, body([x([], shape=(0, 4)), mask(())]))
     assert request.inputs[0].data == []

@@ -1,4 +1,4 @@
-"""Model server: Prometheus text format, settings and JSON log lines (pure Python)."""
+"""Model server: Prometheus metrics, settings and JSON log lines (pure Python)."""
 
 from __future__ import annotations
 
@@ -12,76 +12,74 @@ from pathlib import Path
 import pytest
 
 logs = importlib.import_module("ptserve.logs")
-metrics = importlib.import_module("ptserve.metrics")
+repository = importlib.import_module("ptserve.repository")
 settings = importlib.import_module("ptserve.settings")
 
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? \S+$')
 
 
-def test_format_value():
-    assert metrics.format_value(3.0) == "3"
-    assert metrics.format_value(0.25) == "0.25"
-    assert metrics.format_value(float("inf")) == "+Inf"
-    assert metrics.format_value(float("-inf")) == "-Inf"
-    assert metrics.format_value(float("nan")) == "NaN"
+def server_metrics(gpus: list) -> object:
+    """ServerMetrics over a repository of one ready and one failed model version."""
+    pytest.importorskip("prometheus_client")
+    metrics = importlib.import_module("ptserve.metrics")
+    repo = repository.Repository(Path("/models"))
+    model = repository.Model("m", None)
+    for number, ready in ((1, True), (2, False)):
+        version = repository.ModelVersion("m", number, Path(f"/models/m/{number}"), ())
+        if ready:
+            version.set_ready(object())
+        else:
+            version.set_unavailable("broken")
+        model.versions[number] = version
+    repo.models["m"] = model
+    return metrics.ServerMetrics(repo, lambda: gpus)
 
 
-def test_escape_label():
-    assert metrics.escape_label('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
-
-
-def test_counter_and_gauge():
-    counter = metrics.Counter("t_total", "Things.", ("model", "code"))
-    counter.inc(("m", "200"))
-    counter.inc(("m", "200"), 2)
-    counter.inc(('we"ird', "400"))
-    text = counter.render()
-    assert text.startswith("# HELP t_total Things.\n# TYPE t_total counter\n")
-    assert 't_total{model="m",code="200"} 3\n' in text
-    assert 't_total{model="we\\"ird",code="400"} 1\n' in text
-    with pytest.raises(ValueError):
-        counter.inc(("only-one",))
-    gauge = metrics.Gauge("g", "G.")
-    gauge.set(5)
-    gauge.set(2.5)
-    assert gauge.render().endswith("g 2.5\n")
-
-
-def test_histogram_is_cumulative():
-    hist = metrics.Histogram("h_seconds", "H.", ("model",), buckets=(0.1, 1.0))
-    for value in (0.05, 0.1, 0.5, 3.0):
-        hist.observe(value, ("m",))
-    lines = hist.render().splitlines()
-    assert lines[2:] == [
-        'h_seconds_bucket{model="m",le="0.1"} 2',
-        'h_seconds_bucket{model="m",le="1"} 3',
-        'h_seconds_bucket{model="m",le="+Inf"} 4',
-        'h_seconds_sum{model="m"} 3.65',
-        'h_seconds_count{model="m"} 4',
-    ]
-
-
-def test_server_metrics_render_valid_exposition():
-    server = metrics.ServerMetrics()
-    server.requests.inc(("m", "200"))
-    server.request_seconds.observe(0.002, ("m",))
-    server.inference_seconds.observe(0.001, ("m",))
-    server.gpu_memory.set(1024, ("0",))
-    server.model_ready.set(1, ("m", "1"))
-    text = server.render()
+def test_metrics_keep_their_names_and_add_process_metrics():
+    server = server_metrics([])
+    server.requests.labels("m", "200").inc()
+    server.request_seconds.labels("m").observe(0.002)
+    server.inference_seconds.labels("m").observe(0.001)
+    server.batch_size.labels("m").observe(8)
+    body, content_type = server.render(None)
+    text = body.decode()
+    assert content_type.startswith("text/plain; version=0.0.4")
     for name in (
         "ptserve_requests_total",
         "ptserve_request_duration_seconds",
         "ptserve_inference_duration_seconds",
+        "ptserve_batch_size",
         "ptserve_inflight_requests",
-        "ptserve_gpu_memory_allocated_bytes",
         "ptserve_model_ready",
+        "process_resident_memory_bytes",
+        "python_info",
     ):
-        assert f"# TYPE {name} " in text
-    assert "ptserve_inflight_requests 0\n" in text
-    assert 'ptserve_gpu_memory_allocated_bytes{device="0"} 1024\n' in text
+        assert f"# TYPE {name} " in text, name
+    assert 'ptserve_requests_total{code="200",model="m"} 1.0' in text
+    assert 'ptserve_model_ready{model="m",version="1"} 1.0' in text
+    assert 'ptserve_model_ready{model="m",version="2"} 0.0' in text
+    assert "_created" not in text and "ptserve_gpu" not in text
     for line in text.splitlines():
         assert line.startswith("# ") or SAMPLE.match(line), line
+
+
+def test_gpu_metrics_per_device_and_utilization_only_when_known():
+    runtime = pytest.importorskip("ptserve.runtime")
+    gpus = [
+        runtime.GpuStats(0, 1024, 2048, 4096, 8192, 37.0),
+        runtime.GpuStats(1, 1, 2, 3, 4, None),
+    ]
+    text = server_metrics(gpus).render(None)[0].decode()
+    assert 'ptserve_gpu_memory_allocated_bytes{device="0"} 1024.0' in text
+    assert 'ptserve_gpu_memory_total_bytes{device="1"} 4.0' in text
+    assert 'ptserve_gpu_utilization_percent{device="0"} 37.0' in text
+    assert 'ptserve_gpu_utilization_percent{device="1"}' not in text
+
+
+def test_openmetrics_on_request():
+    body, content_type = server_metrics([]).render("application/openmetrics-text")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.decode().endswith("# EOF\n")
 
 
 def test_settings_defaults_and_overrides():
@@ -94,6 +92,7 @@ def test_settings_defaults_and_overrides():
             "PTSERVE_MAX_INFLIGHT": "8",
             "PTSERVE_MAX_BODY_BYTES": "1024",
             "PTSERVE_DRAIN_SECONDS": "1.5",
+            "PTSERVE_BODY_TIMEOUT_SECONDS": "2.5",
             "PTSERVE_REQUIRE_GPU": "1",
             "PTSERVE_ALLOW_TF32": "true",
         }
@@ -101,6 +100,7 @@ def test_settings_defaults_and_overrides():
     assert parsed.model_repository == Path("/srv/models")
     assert (parsed.port, parsed.workers, parsed.max_inflight) == (9000, 4, 8)
     assert (parsed.max_body_bytes, parsed.drain_seconds) == (1024, 1.5)
+    assert parsed.body_timeout_seconds == 2.5
     assert parsed.require_gpu and parsed.allow_tf32
 
 
@@ -111,6 +111,8 @@ def test_settings_defaults_and_overrides():
         ({"PTSERVE_PORT": "70000"}, "not a TCP port"),
         ({"PTSERVE_WORKERS": "0"}, "PTSERVE_WORKERS=0 must be at least 1"),
         ({"PTSERVE_DRAIN_SECONDS": "-1"}, "non-negative"),
+        ({"PTSERVE_BODY_TIMEOUT_SECONDS": "0"}, "PTSERVE_BODY_TIMEOUT_SECONDS=0 must be a finite positive"),
+        ({"PTSERVE_BODY_TIMEOUT_SECONDS": "inf"}, "finite positive"),
         ({"PTSERVE_REQUIRE_GPU": "maybe"}, "must be 1 or 0"),
     ],
 )

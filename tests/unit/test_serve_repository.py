@@ -46,12 +46,52 @@ def test_parse_config():
         ({"outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "allow_non_finite": True}]},
          "unknown keys"),
         ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}] * 2}, "more than once"),
+        ({"inputs": [{"name": "s", "datatype": "BYTES", "shape": [1]}]}, "BYTES (strings) is not"),
+        ({"max_batch_size": 0}, "'max_batch_size' must be a positive integer, not 0"),
+        ({"max_batch_size": -4}, "positive integer, not -4"),
+        ({"max_batch_size": "8"}, "positive integer, not \"8\""),
+        ({"dynamic_batching": {}}, "'dynamic_batching' needs 'max_batch_size'"),
+        ({"max_batch_size": 8, "dynamic_batching": []}, "'dynamic_batching' must be an object"),
+        ({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": "100"}},
+         "'max_queue_delay_microseconds' must be a number"),
+        ({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": -1}},
+         "must be a number from 0"),
+        ({"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [4, 0]}},
+         "every 'preferred_batch_size' must be a positive integer, not 0"),
+        ({"max_batch_size": 8, "dynamic_batching": {"preferred_batch_size": [16]}},
+         "exceeds max_batch_size 8"),
+        ({"max_batch_size": 8, "dynamic_batching": {"max_queue_delay": 5}},
+         "unknown keys ['max_queue_delay']"),
+        ({"max_batch_size": 8, "inputs": [{"name": "x", "datatype": "FP32", "shape": [4, 4]}]},
+         "'x' has shape [4, 4], but batching (max_batch_size) needs every input and output"),
+        ({"max_batch_size": 8, "outputs": [{"name": "y", "datatype": "FP32", "shape": []}]},
+         "'y' has shape []"),
     ],
 )
 def test_bad_configs(change, fragment):
     with pytest.raises(modelconfig.ConfigError) as info:
         modelconfig.parse_config({**GOOD, **change})
     assert fragment in str(info.value)
+
+
+def test_batching_config():
+    config = modelconfig.parse_config({
+        **GOOD, "max_batch_size": 16,
+        "dynamic_batching": {"max_queue_delay_microseconds": 250, "preferred_batch_size": [8, 4]},
+    })
+    assert config.max_batch_size == 16
+    assert config.dynamic_batching == modelconfig.DynamicBatching(0.00025, (4, 8))
+    assert modelconfig.parse_config(GOOD).dynamic_batching is None
+
+
+def test_bad_batching_config_makes_model_unavailable(tmp_path):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**GOOD, "max_batch_size": 0}))
+    repo = repository.Repository.scan(tmp_path)
+    version = repo.models["m"].versions[1]
+    assert version.state is repository.State.UNAVAILABLE
+    assert "'max_batch_size' must be a positive integer" in version.reason
+    assert "'max_batch_size'" in repo.not_ready_reason()
 
 
 def test_load_config_reports_file_problems(tmp_path):

@@ -204,4 +204,4 @@ def test_required_gpu_blocks_loading(tmp_path):
     if not torch.cuda.is_available():
         assert runtime.Runtime.create(require_gpu=True).blocked == runtime.GPU_REQUIRED
         assert runtime.Runtime.create(require_gpu=False).blocked == ""
-        assert runtime.Runtime(CPU).gpu_memory() == []
+        assert runtime.Runtime(CPU).gpu_stats() == []
