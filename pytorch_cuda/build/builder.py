@@ -26,6 +26,7 @@ from pytorch_cuda.lock import debian, locking
 from pytorch_cuda.matrix import Cell, Image
 from pytorch_cuda.repro import roundtrip
 
+LEAVE_OUT_MARK = "leave-out: "  # how templates/files/build/leave-out reports a failed check
 APT_GONE_RE = re.compile(r"Version '([^']+)' for '([^']+)' was not found")
 
 
@@ -141,6 +142,10 @@ def keep_cache(client: docker.DockerClient, image: Image, raw_id: str,
 
 def _failure(image: Image, stream: BuildOutput) -> str:
     text = "\n".join(stream.tail)
+    left_out = [line for line in stream.tail if line.startswith(LEAVE_OUT_MARK)]
+    if left_out:
+        return (f"{image.name}: variants.prod.leave_out in versions.yaml: "
+                f"{left_out[-1].removeprefix(LEAVE_OUT_MARK)}")
     gone = APT_GONE_RE.search(text + (stream.error or ""))
     if gone:
         return (f"{image.name}: apt package {gone.group(2)}={gone.group(1)} is not in the archive "

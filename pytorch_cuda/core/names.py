@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 LABEL_PREFIX = "io.pytorch-cuda"
 CA_CONTEXT_PATH = (STATE / "ca-bundle.crt").relative_to(ROOT).as_posix()
 CA_BUILD_PATH = "/tmp/build-ca.crt"
+ASIDE_PATH = "/opt/venv-extra"  # what prod leaves out, kept aside in the builder for dev
 DOCKERFILE = "Dockerfile"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -22,6 +22,9 @@ SNAPSHOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 _PKG = s.Str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_{}-]*(==[A-Za-z0-9.+!]+)?$"),
              "a package name, optionally with ==version")
 
+_PKG_NAME = s.Str(re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$"), "a distribution name")
+_GLOB = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_.*?\[\]/+-]+$")
+
 SCHEMA = s.Fields({
     "schema": s.Int(),
     "project": s.Fields({
@@ -56,7 +59,12 @@ SCHEMA = s.Fields({
     "variants": s.MapOf(s.Fields({
         "description": s.Str(), "apt": s.ListOf(_PKG), "pip": s.ListOf(_PKG),
         "ports": s.ListOf(s.Int()),
-    })),
+        "leave_out": s.ListOf(s.Fields({
+            "dist": _PKG_NAME, "path": s.Str(_GLOB, "a relative path or glob under site-packages"),
+            "reason": s.Str(),
+        }, optional=frozenset({"dist", "path"}))),
+        "size_budget_gb": s.Num(),
+    }, optional=frozenset({"leave_out"}))),
     "matrix": s.Fields({
         "cuda": s.ListOf(s.NAME, 1), "os": s.ListOf(s.NAME, 1),
         "default": s.Fields({"cuda": s.NAME, "os": s.NAME}),
@@ -245,6 +253,14 @@ class Matrix:
             for i, item in enumerate(items):
                 if "==" not in item and item != "torch" and item not in self.companions:
                     raise fail(f"{group}[{i}]", f"{item!r} must be pinned with ==version")
+        for variant, spec in self.raw["variants"].items():
+            if spec.get("leave_out") and variant != "prod":
+                raise fail(f"variants.{variant}.leave_out",
+                           "only prod leaves files out; dev keeps the whole environment")
+            for i, rule in enumerate(spec.get("leave_out", [])):
+                if ("dist" in rule) == ("path" in rule):
+                    raise fail(f"variants.{variant}.leave_out[{i}]",
+                               "must give exactly one of 'dist' or 'path'")
         if set(self.raw["variants"]) != set(VARIANTS):
             raise fail("variants", f"must define exactly the variants {', '.join(VARIANTS)}")
         for key, known, what in (("cuda", self.cudas, f"a CUDA flavor torch {self.torch_version} offers"),
@@ -310,6 +326,14 @@ class Matrix:
         """Every image of `cells` (all cells by default), optionally of one variant."""
         return [i for c in (cells or self.cells) for i in c.images()
                 if variant is None or i.variant == variant]
+
+    def leave_out(self) -> list[dict[str, str]]:
+        """What prod leaves out of the shared Python environment (dev adds it back), with reasons."""
+        return list(self.raw["variants"]["prod"].get("leave_out", []))
+
+    def size_budget(self, variant: str) -> int:
+        """A variant's size budget in bytes (decimal GB, as the engine reports sizes)."""
+        return int(self.raw["variants"][variant]["size_budget_gb"] * 1_000_000_000)
 
     def apt_packages(self, os_: OS, group: str) -> list[str]:
         """Apt package names of a group ('runtime', 'builder', or a variant) for an OS."""

@@ -26,6 +26,11 @@ class Int:
 
 
 @dataclass(frozen=True)
+class Num:
+    """A positive number (integer or decimal, not a bool)."""
+
+
+@dataclass(frozen=True)
 class ListOf:
     """A list whose items all match `item`."""
 
@@ -80,6 +85,9 @@ class Checker:
         elif isinstance(spec, Int):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise self.fail(path, f"must be an integer, not {_kind(value)} {value!r}")
+        elif isinstance(spec, Num):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise self.fail(path, f"must be a positive number, not {_kind(value)} {value!r}")
         elif isinstance(spec, ListOf):
             if not isinstance(value, list):
                 raise self.fail(path, f"must be a list, not {_kind(value)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -87,6 +88,9 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "runtime_labels": runtime_labels(image),
         "variant_labels": variant_labels(image),
         "user": matrix.raw["project"]["user"],
+        "leave_out": " ".join(shlex.quote(f"dist:{r['dist']}" if "dist" in r else f"path:{r['path']}")
+                              for r in matrix.leave_out()),
+        "aside": names.ASIDE_PATH,
         "ports": matrix.raw["variants"][image.variant]["ports"],
     }
     missing = [n for g in ("runtime_apt", "builder_apt", "variant_apt")

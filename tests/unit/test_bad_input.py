@@ -137,3 +137,27 @@ def test_bad_snapshot_time(run_cli, edit, snapshot, fault):
     path = edit(lambda d: d["archive"].update(snapshot=snapshot))
     msg = _error(run_cli, path)
     assert "versions.yaml line" in msg and f"archive.snapshot: {fault}" in msg
+
+
+@pytest.mark.parametrize("rule, fault", [
+    ({"dist": "triton", "path": "triton", "reason": "x"}, "must give exactly one of 'dist' or 'path'"),
+    ({"reason": "x"}, "must give exactly one of 'dist' or 'path'"),
+    ({"path": "/opt/venv/lib", "reason": "x"}, "is not a relative path or glob under site-packages"),
+    ({"path": "../../bin", "reason": "x"}, "is not a relative path or glob under site-packages"),
+    ({"dist": "triton"}, "missing key 'reason'"),
+])
+def test_bad_leave_out_rule(run_cli, edit, rule, fault):
+    path = edit(lambda d: d["variants"]["prod"]["leave_out"].append(rule))
+    msg = _error(run_cli, path)
+    assert "versions.yaml line" in msg and "variants.prod.leave_out" in msg and fault in msg
+
+
+def test_only_prod_leaves_files_out(run_cli, edit):
+    path = edit(lambda d: d["variants"]["dev"].update(leave_out=[{"dist": "triton", "reason": "x"}]))
+    assert "variants.dev.leave_out: only prod leaves files out" in _error(run_cli, path)
+
+
+@pytest.mark.parametrize("budget", [0, -1, "6 GB", True])
+def test_size_budget_must_be_a_positive_number(run_cli, edit, budget):
+    path = edit(lambda d: d["variants"]["prod"].update(size_budget_gb=budget))
+    assert "variants.prod.size_budget_gb: must be a positive number" in _error(run_cli, path)
