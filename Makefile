@@ -6,7 +6,7 @@ CELL    ?=
 ONLY    ?=
 export UV_NATIVE_TLS := 1
 
-.PHONY: help venv lint unit render render-check lock matrix image test test-matrix check repro publish-test bench clean
+.PHONY: help venv lint unit render render-check lock matrix image test test-matrix check repro publish-test bench gpu-proof clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -55,8 +55,12 @@ publish-test: venv ## publish tests against a throwaway local registry (tiny ima
 repro: venv ## publish the default prod image to a loopback registry, verify it from a fresh clone
 	$(PY) -m pytest tests/integration/test_repro_from_clone.py --repro -rs -s -p no:cacheprovider
 
-bench: venv ## benchmarks into bench/report.{md,json,png} (ONLY=build|size|startup|inference|server)
-	$(PY) -m bench $(if $(ONLY),--only $(ONLY))
+bench: venv ## benchmarks into bench/report.{md,json,png} (ONLY=build|size|startup|inference|server, GPU_REPORT=gpu-proof JSON)
+	$(PY) -m bench $(if $(ONLY),--only $(ONLY)) $(if $(GPU_REPORT),--gpu-report $(GPU_REPORT))
+
+gpu-proof: ## prove this GPU machine with its own Python and torch (GPU_PYTHON=python3, GPU_REPORT=bench/work/gpu-proof.json)
+	mkdir -p bench/work
+	PYTHONPATH=tests/incontainer:server $(or $(GPU_PYTHON),python3) -m ptc_checks gpu-proof --report $(or $(GPU_REPORT),bench/work/gpu-proof.json)
 
 clean: ## remove the host venv and build state (not images)
 	rm -rf $(VENV) .build

@@ -145,6 +145,12 @@ def _inference(ax, data: dict) -> None:
                 if rows:
                     groups.append((f"{model} b={batch}" + (f" {device}" if device != "cpu" else "")
                                    + f"\neager {_micro(rows['eager']['median_us'])}", rows))
+    _speedup_bars(ax, groups)
+    ax.set_title(title, loc="left", fontweight="bold")
+
+
+def _speedup_bars(ax, groups: list[tuple[str, dict]]) -> None:
+    """Bars of script/trace/freeze speed-up per (label, rows by mode) group, whiskers over rounds."""
     width = 0.26
     for i, mode in enumerate(MODES):
         xs = [g + (i - 1) * width for g in range(len(groups))]
@@ -158,10 +164,27 @@ def _inference(ax, data: dict) -> None:
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(groups)), [g[0] for g in groups], fontsize=8)
     ax.set_ylabel("eager latency / variant latency")
-    ax.set_title(title, loc="left", fontweight="bold")
     ax.legend(fontsize=8, ncols=3, loc="upper right")
     top = max(r.get("speedup_round_max", 1.0) for _, rows in groups for r in rows.values())
     ax.set_ylim(0, max(1.5, top * 1.15))
+
+
+def _gpu(ax, data: dict) -> None:
+    """Speed-ups from a gpu-proof report: that machine and its torch, not the image."""
+    g = data["gpu_proof"]
+    m, lat = g["machine"], g.get("latency")
+    title = (f"GPU host, not the image: {m.get('gpu') or m['device']}, driver "
+             f"{m.get('driver') or '?'}, torch {m['torch']} (gpu-proof on {m['hostname']}, "
+             f"{m['date'][:10]}): speed-up over eager")
+    if not lat:
+        _missing(ax, title)
+        return
+    groups = []
+    for (model, batch) in dict.fromkeys((r["model"], r["batch"]) for r in lat["results"]):
+        rows = {r["mode"]: r for r in lat["results"] if (r["model"], r["batch"]) == (model, batch)}
+        groups.append((f"{model} b={batch}\neager {_micro(rows['eager']['median_us'])}", rows))
+    _speedup_bars(ax, groups)
+    ax.set_title(title, loc="left", fontweight="bold")
 
 
 def _micro(us: float) -> str:
@@ -170,13 +193,17 @@ def _micro(us: float) -> str:
 
 def render(data: dict, path: Path) -> None:
     """Draw the charts of one run into `path`."""
-    fig = plt.figure(figsize=(16, 9.5), dpi=100)
-    grid = fig.add_gridspec(2, 4, height_ratios=[1, 1.15], hspace=0.45, wspace=0.28)
+    gpu = bool(data.get("gpu_proof"))
+    fig = plt.figure(figsize=(16, 14 if gpu else 9.5), dpi=100)
+    grid = fig.add_gridspec(3 if gpu else 2, 4, height_ratios=[1, 1.15, 1.15][:3 if gpu else 2],
+                            hspace=0.45, wspace=0.28)
     _sizes(fig.add_subplot(grid[0, 0]), data)
     _build(fig.add_subplot(grid[0, 1]), data)
     _startup(fig.add_subplot(grid[0, 2]), data)
     _server(fig.add_subplot(grid[0, 3]), data)
     _inference(fig.add_subplot(grid[1, :]), data)
+    if gpu:
+        _gpu(fig.add_subplot(grid[2, :]), data)
     m = data["machine"]
     fig.suptitle(f"pytorch-cuda {data['cell']} on {m['cpu_model']} ({m['cpu_cores']} cores), "
                  f"{m['date'][:10]}; medians of {data['options']['runs']} runs, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -60,9 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="requests per server round; default 2000")
     parser.add_argument("--clients", type=_positive, default=32,
                         help="concurrent server clients; default 32")
+    parser.add_argument("--gpu-report", type=Path, metavar="FILE",
+                        help="a `python -m ptc_checks gpu-proof` report to add as the GPU section "
+                             "(figures of the machine and torch it ran on, not of the images)")
     parser.add_argument("--out", type=Path, default=OUT,
                         help="folder of report.md, report.json and report.png (default: bench/)")
     return parser
+
+
+def load_gpu_report(path: Path) -> dict:
+    """A gpu-proof report (JSON); UserError naming the file when it is not one."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read the GPU report {path}: {exc}") from None
+    if not isinstance(report, dict) or report.get("command") != "gpu-proof" or not isinstance(
+            report.get("machine"), dict):
+        raise UserError(f"{path} is not a report of `python -m ptc_checks gpu-proof`")
+    return report
 
 
 def _other_containers(client: docker.DockerClient) -> int:
@@ -86,6 +102,7 @@ def _run_part(part: str, session: Session, args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        gpu_report = load_gpu_report(args.gpu_report) if args.gpu_report else None
         cell = load_matrix(VERSIONS).default_cell
         client = ensure_engine()
         session = Session(client, cell)
@@ -140,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{data['other_containers_end']} at end), so timings are noisy; "
                              "ratios from the same run are the figures to trust most")
     data["notes"] = session.notes
+    if gpu_report is not None:
+        data["gpu_proof"], data["gpu_proof_file"] = gpu_report, str(args.gpu_report)
     paths = report.write(data, args.out)
     for path in paths:
         say(f"wrote {path} ({human_bytes(path.stat().st_size)})")

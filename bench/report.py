@@ -289,7 +289,33 @@ def _server(data: dict) -> list[str]:
               f"- Server RSS: {human_bytes(s['rss_before_bytes'])} when ready, "
               f"{human_bytes(s['rss_after_bytes'])} after all rounds "
               f"({'+' if grew >= 0 else '-'}{human_bytes(abs(grew))}).", ""]
-    return lines
+    return lines + _server_compare(s.get("compare"))
+
+
+def _server_compare(c: dict | None) -> list[str]:
+    """ptserve with and without dynamic batching against a Flask app, one model, one image."""
+    if not c:
+        return []
+    names = {"conv": "ptserve", "conv_batched": "ptserve, dynamic batching",
+             "flask": "Flask + waitress (hand-written)"}
+    rows = [[names[key], f"{t['req_per_s']['median']:.0f}",
+             f"{t['req_per_s']['min']:.0f}-{t['req_per_s']['max']:.0f}",
+             f"{t['p50_ms']['median']:.1f} ms", f"{t['p99_ms']['median']:.1f} ms", t["errors"]]
+            for key, t in c["targets"].items()]
+    overhead = c["overhead_ms"]
+    return ["### ptserve against the alternatives", "",
+            f"{c['model']}: {c['runs']} rounds of {c['requests']} requests from {c['clients']} "
+            "keep-alive HTTP clients per server, same image:", "",
+            *_table(["server", "requests/s", "min-max", "p50", "p99", "errors"], rows),
+            f"- Dynamic batching: {times(c['batching_speedup'])} the unbatched throughput "
+            "(goal: 3x).",
+            f"- Batched ptserve against Flask: {times(c['vs_flask'])} its throughput (goal: 2x); "
+            f"unbatched: {times(c['unbatched_vs_flask'])}.",
+            f"- One client: p50 {c['single_client_p50_ms']['ptserve']:.2f} ms (ptserve), "
+            f"{c['single_client_p50_ms']['flask']:.2f} ms (Flask), against "
+            f"{c['inprocess_ms']:.2f} ms for an in-process call: ptserve adds "
+            f"{overhead['ptserve']:.2f} ms (goal: at most 1 ms), Flask "
+            f"{overhead['flask']:.2f} ms.", ""]
 
 
 METHOD = """\
@@ -341,9 +367,64 @@ LIMITS = """\
 """
 
 
+def _gpu(data: dict) -> list[str]:
+    """The section of a gpu-proof report: figures of the machine and torch it ran on."""
+    g = data.get("gpu_proof")
+    if not g:
+        return []
+    m = g["machine"]
+    result = "passed" if g["ok"] else "FAILED: " + "; ".join(g["failed"])
+    lines = ["## GPU (from a gpu-proof report, not from these images)", "",
+             f"From `{data.get('gpu_proof_file', 'the gpu-proof report')}`: `python -m ptc_checks "
+             f"gpu-proof` ran on the {m['where']} `{m['hostname']}` on {m['date']} with that "
+             f"machine's own Python and torch. These figures describe that machine, its driver "
+             "and that torch build, not the images measured above.", ""]
+    rows = [["GPU", f"{m.get('gpu') or '-'} (capability {m.get('capability') or '-'}, "
+                    f"{m.get('gpu_count') or 0} visible, "
+                    f"{human_bytes(m.get('gpu_memory_bytes') or 0)})"],
+            ["driver", m.get("driver") or "?"],
+            ["torch", f"{m['torch']} (CUDA {m['cuda']}, cuDNN {m['cudnn']}), Python {m['python']}"],
+            ["checks", f"{len(g['checks'])} checks {result}"]]
+    serve = g.get("serve") or {}
+    if serve.get("load"):
+        lo = serve["load"]
+        rows.append(["model server", f"ready in {serve['ready_s']:.1f} s on {serve['device']}; "
+                     f"{lo['clients']} clients for {lo['seconds']:.0f} s: {lo['req_per_s']:.0f} "
+                     f"req/s, p50 {lo['p50_ms'] or 0:.1f} ms, p99 {lo['p99_ms'] or 0:.1f} ms, "
+                     f"{lo['errors']} errors"])
+    if serve.get("drain"):
+        dr = serve["drain"]
+        rows.append(["SIGTERM drain", f"{dr['answered']}/{dr['requests']} slow requests answered, "
+                     f"exit {dr['exit_code']} after {dr['seconds']:.2f} s"])
+    lines += _table(["gpu-proof", ""], rows)
+    lat = g.get("latency")
+    if lat:
+        by_key: dict = {}
+        for r in lat["results"]:
+            by_key.setdefault((r["model"], r["batch"]), {})[r["mode"]] = r
+        lines += [f"### GPU: median latency per call and speed-up vs eager ({lat['rounds']} "
+                  f"interleaved rounds, {lat['device']})", ""]
+        lines += _table(["model", "batch", "eager", *MODES[1:]], [
+            [model, batch, micro(modes["eager"]["median_us"])]
+            + [f"{micro(modes[m]['median_us'])} ({times(modes[m]['speedup_vs_eager'])})"
+               for m in MODES[1:]]
+            for (model, batch), modes in by_key.items()])
+    fl = g.get("floor")
+    if fl:
+        lines += ["### GPU floor: files mapped for TorchScript inference on the GPU", ""]
+        lines += _table(["package (site-packages)", "mapped"],
+                        [[name, human_bytes(size)] for name, size in fl["packages"].items()]
+                        + [["**total**", f"**{human_bytes(fl['site_packages_bytes'])}**"]])
+        libs = sorted({lib["file"] for lib in fl["nvidia_libs"]})
+        lines += [f"- NVIDIA libraries mapped ({len(libs)}): "
+                  + (", ".join(f"`{name}`" for name in libs) or "none") + ".",
+                  f"- triton imported: {'yes' if fl['triton_imported'] else 'no'}.", ""]
+    return lines
+
+
 def markdown(data: dict) -> str:
     lines = _header(data)
-    for section in (_sizes, _build, _startup, _inference, _server):
+    for section in (_sizes, _build, _startup, _inference, _server, _gpu):
         lines += section(data)
     lines += ["![charts](report.png)", "", METHOD, LIMITS]
     return "\n".join(lines).rstrip() + "\n"

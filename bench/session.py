@@ -136,8 +136,9 @@ class Session:
             out = self.scratch("models")
             say(f"writing the test model repository with {self.prod.ref()}")
             self.run(self.prod.ref(), ["python", "/make_models.py", "/out"],
-                     user=f"{os.getuid()}:{os.getgid()}",
+                     user=f"{os.getuid()}:{os.getgid()}", environment=SCRIPT_ENV,
                      volumes={str(MAKE_MODELS): {"bind": "/make_models.py", "mode": "ro"},
+                              str(CHECKS): {"bind": "/checks", "mode": "ro"},
                               str(out): {"bind": "/out", "mode": "rw"}})
             self._model_repo = out
         return self._model_repo

@@ -136,6 +136,13 @@ def pip_command(*args: str) -> list[str]:
             "from pip._internal.cli.main import main; sys.exit(main())", *args]
 
 
+def left_out_dists(image: Image) -> set[str]:
+    """The distributions an image leaves out of the shared environment (lower case)."""
+    if image.variant != "prod":
+        return set()
+    return {r["dist"].lower() for r in image.cell.matrix.leave_out() if "dist" in r}
+
+
 def expected_pins(image: Image) -> dict:
     """What versions.yaml and the locks say the image must report."""
     cell, matrix = image.cell, image.cell.matrix
@@ -143,6 +150,8 @@ def expected_pins(image: Image) -> dict:
     packages = {}
     for group in ("runtime", image.variant):
         packages.update(locking.locked_versions(locking.pip_lock_path(cell, group)))
+    for name in left_out_dists(image):
+        packages.pop(name, None)
     return {
         "python": cell.os.python,
         "torch": cell.torch_version_reported,
@@ -195,8 +204,8 @@ def _make_models(prod_image: Image, client: docker.DockerClient, out: Path, *fla
     helper = TrackedContainer(client, prod_image.ref())
     try:
         code, logs = helper.run(
-            ["python", "/make_models.py", "/out", *flags], entrypoint=[],
-            volumes={str(Path(__file__).with_name("make_models.py")):
+            ["python", "/make_models.py", "/out", *flags], entrypoint=[], environment=CHECK_ENV,
+            volumes={**CHECK_MOUNTS, str(Path(__file__).with_name("make_models.py")):
                      {"bind": "/make_models.py", "mode": "ro"},
                      str(out): {"bind": "/out", "mode": "rw"}})
     finally:

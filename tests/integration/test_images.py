@@ -1,13 +1,19 @@
-"""Every image: pins as versions.yaml says, toolkit env, TorchScript on CPU (and CUDA)."""
+"""Every image: pins as versions.yaml says, toolkit env, TorchScript on CPU (and CUDA), labels.
+
+Files, users and packages are checked with testinfra in test_images_infra.py.
+"""
 
 from __future__ import annotations
 
-import json
+import re
 
 import pytest
 
-from .conftest import (CHECK_ENV, CHECK_MOUNTS, checks_command, expected_pins, pip_command,
-                       write_expect)
+from .conftest import (CHECK_ENV, CHECK_MOUNTS, checks_command, expected_pins, left_out_dists,
+                       pip_command, write_expect)
+
+# pip check's line for a requirement prod leaves out on purpose (versions.yaml: leave_out)
+MISSING_RE = re.compile(r"^\S+ [\w.+!-]+ requires ([A-Za-z0-9._-]+), which is not installed\.$")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,10 @@ def test_every_locked_package_is_installed_at_its_version(any_image, report):
 def test_companions_where_the_variant_has_them(any_image, report):
     versions = report["versions"]
     companions = any_image.cell.matrix.companions
-    assert versions["triton"] == companions["triton"]
+    if any_image.variant == "dev":
+        assert versions["triton"] == companions["triton"]
+    else:
+        assert versions["triton"] is None, f"{any_image.name}: prod leaves triton out"
     for name in ("torchvision", "torchaudio"):
         if any_image.variant == "dev":
             assert versions[name] and versions[name].split("+")[0] == companions[name], (
@@ -68,7 +77,11 @@ def test_pip_check_and_freeze_match_the_lock(any_image, containers):
     helper = containers(any_image)
     kwargs = {"entrypoint": [], "volumes": CHECK_MOUNTS, "environment": CHECK_ENV}
     code, out = helper.run(pip_command("check"), **kwargs)
-    assert code == 0, f"{any_image.name}: pip check is not clean:\n{out}"
+    left_out = left_out_dists(any_image)
+    problems = [line for line in out.splitlines() if line.strip()
+                and not ((m := MISSING_RE.match(line)) and m.group(1).lower() in left_out)]
+    assert not problems and (code == 0 or left_out), (
+        f"{any_image.name}: pip check is not clean:\n{out}")
     code, out = helper.run(pip_command("freeze", "--all"), **kwargs)
     frozen = {}
     for line in out.splitlines():
@@ -89,11 +102,6 @@ def test_nvidia_toolkit_env(any_image, report):
     assert env == want, f"{any_image.name}: NVIDIA env is {env}, expected {want}"
 
 
-def test_no_libcuda_ships(any_image, report):
-    assert report["versions"]["libcuda"] == [], (
-        f"{any_image.name}: libcuda ships in the image: {report['versions']['libcuda']}")
-
-
 def test_torchscript_on_cpu(any_image, report):
     failed = [c for c in report["torchscript"]["checks"] if not c["passed"]]
     assert not failed, f"{any_image.name}: TorchScript checks failed: {failed}"
@@ -112,12 +120,7 @@ def test_torchscript_on_cuda(any_image, containers, gpu):
     assert smi.get("returncode") == 0, f"{any_image.name}: nvidia-smi failed: {smi}"
 
 
-def test_package_record_and_labels(any_image, client, containers):
-    code, out = containers(any_image).run(["cat", "/usr/share/pytorch-cuda/packages.json"],
-                                          entrypoint=[])
-    record = json.loads(out)
-    assert record["pip"]["torch"].startswith(any_image.cell.matrix.torch_version)
-    assert f"python{any_image.cell.os.python}" in record["apt"]
+def test_labels(any_image, client):
     labels = client.images.get(any_image.ref()).labels
     for key in ("created", "revision", "source", "version", "base.name", "base.digest",
                 "title", "description", "licenses"):

@@ -3,6 +3,10 @@
 Exit status: 0 when the JSON result was produced (check failures are in the
 result: ``ok`` and each check's ``passed``), 1 when a command crashed (the JSON
 then holds ``error``), 2 on usage errors.
+
+``gpu-proof`` differs: it writes its JSON report to ``--report FILE`` (or stdout)
+and a summary to stderr, and exits 0 when every check passed, 1 when one failed
+(named in the summary), 2 when it cannot run here (no GPU, a missing package).
 """
 
 from __future__ import annotations
@@ -66,7 +70,67 @@ def build_parser() -> argparse.ArgumentParser:
     everything.add_argument(
         "--scan-root", default="/", help="where to look for libcuda.so* (default: /)"
     )
+    proof = commands.add_parser(
+        "gpu-proof",
+        help="prove a GPU machine end to end: CUDA checks, model server, latency, GPU floor",
+    )
+    proof.add_argument("--report", type=Path, help="write the JSON report here (default: stdout)")
+    proof.add_argument("--clients", type=_positive_int, default=32,
+                       help="concurrent clients of the load (default 32)")
+    proof.add_argument("--load-seconds", type=_positive_float, default=5.0,
+                       help="length of the load (default 5)")
+    proof.add_argument("--latency-seconds", type=_positive_float, default=2.0,
+                       help="timing budget per model and batch size (default 2)")
+    proof.add_argument("--customop-dir", type=Path,
+                       help="a 'customop build' output (e.g. from the dev image) to serve "
+                            "instead of building the operator here")
+    # Internal: run the same pipeline on the CPU (the unit tests); never a fallback.
+    proof.add_argument("--device", choices=DEVICES, default="cuda", help=argparse.SUPPRESS)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def run_gpu_proof(args: argparse.Namespace) -> int:
+    """The ``gpu-proof`` command: report to ``--report`` or stdout, summary to stderr."""
+    from . import gpuproof
+
+    if args.report is not None and not args.report.parent.is_dir():
+        print(f"error: the folder of --report {args.report} does not exist.", file=sys.stderr)
+        return 2
+    try:
+        gpuproof.preflight(args.device)
+        folder = args.customop_dir and gpuproof.customop_folder(args.customop_dir)
+        options = gpuproof.Options(
+            device=args.device, clients=args.clients, load_seconds=args.load_seconds,
+            latency_seconds=args.latency_seconds, customop_dir=folder or None)
+        with stdout_to_stderr():
+            report = gpuproof.run(options)
+    except gpuproof.ProofError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - one sentence for people, never a traceback
+        print(f"error: gpu-proof stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(report, indent=2)
+    if args.report is None:
+        print(text)
+    else:
+        args.report.write_text(text + "\n", encoding="utf-8")
+    print(gpuproof.summary(report), file=sys.stderr)
+    return 0 if report["ok"] else 1
 
 
 def run_versions(scan_root: str) -> dict[str, Any]:
@@ -152,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the command with stdout kept clean, print its JSON result."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "gpu-proof":
+        return run_gpu_proof(args)
     expect = None
     if getattr(args, "expect", None) is not None:
         try:

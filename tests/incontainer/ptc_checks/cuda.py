@@ -78,8 +78,14 @@ def cross(name: str, expected: Any, actual: Any) -> Check:
     )
 
 
-def model_checks() -> Iterator[Check]:
-    """Scripted models on CUDA match the eager CPU reference (cross-device tolerance)."""
+def model_pairs(device: str) -> Iterator[tuple[str, Any, Any, Any]]:
+    """(name, eager reference, TorchScript copy on ``device``, CPU input) per model check.
+
+    The copy is scripted from an independently built twin (same seed), never
+    from the reference itself: a scripted module shares its source module's
+    parameters, so moving it to ``device`` would move the reference's weights
+    too. The frozen copy is scripted on ``device`` (freezing bakes in constants).
+    """
     import torch
 
     from . import models as m
@@ -90,17 +96,21 @@ def model_checks() -> Iterator[Check]:
         ("conv net scripted", m.SmallConvNet, m.sample(2, 3, 32, 32, seed=4)),
         ("loop scripted large input", m.HalvingLoop, m.sample(4, 8, seed=5, scale=1e2)),
     )
+    for name, cls, x in cases:
+        reference, twin = m.twins(cls)
+        yield name, reference, torch.jit.script(twin).to(device), x
+    reference, twin = m.twins(m.EvalSensitive)
+    frozen = torch.jit.freeze(torch.jit.script(twin.to(device)))
+    yield "eval mode frozen", reference, frozen, m.sample(8, 16, seed=3)
+
+
+def model_checks() -> Iterator[Check]:
+    """Scripted models on CUDA match the eager CPU reference (cross-device tolerance)."""
+    import torch
+
     with torch.no_grad():
-        for name, cls, x in cases:
-            model = m.seeded(cls).eval()
-            scripted = torch.jit.script(model).to("cuda")
-            yield cross(f"cuda {name}", model(x), scripted(x.cuda()))
-        model = m.seeded(m.EvalSensitive).eval()
-        frozen = torch.jit.freeze(
-            torch.jit.script(m.seeded(m.EvalSensitive).cuda().eval())
-        )
-        x = m.sample(8, 16, seed=3)
-        yield cross("cuda eval mode frozen", model(x), frozen(x.cuda()))
+        for name, reference, on_gpu, x in model_pairs("cuda"):
+            yield cross(f"cuda {name}", reference(x), on_gpu(x.cuda()))
 
 
 def _devices(module: Any) -> list[str]:

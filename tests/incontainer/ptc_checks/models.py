@@ -1,4 +1,5 @@
-"""Small models for the TorchScript checks.
+"""The project's toy models: one definition for the checks, the model-server
+repository (``modelrepo``), the latency benchmark and the size floor.
 
 They live in a real module file because ``torch.jit.script`` reads the source
 of ``forward`` with ``inspect.getsource``.
@@ -88,10 +89,75 @@ class ScaledAdd(nn.Module):
         return torch.ops.ptc.scaled_add(torch.relu(a), b, self.alpha)
 
 
+class SmallConv(nn.Module):
+    """The model server's conv net: two 3x3 convolutions, pooling, a linear head (10 classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.relu(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class UsesCustomOp(nn.Module):
+    """Calls ``ptserve_test::scale2``, an operator only ``modelrepo.make_broken`` defines."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.ptserve_test.scale2(x)
+
+
+class Spin(nn.Module):
+    """Busy for ``n`` small matrix products: a request that stays in flight a while."""
+
+    def forward(self, n: torch.Tensor) -> torch.Tensor:
+        y = torch.full((64, 64), 1.0 / 64, device=n.device)
+        for _ in range(int(n.item())):
+            y = torch.tanh(y @ y)
+        return y.sum().reshape(1)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm self-attention and MLP block (width 128, 4 heads, MLP 512)."""
+
+    def __init__(self, dim: int = 128, heads: int = 4, hidden: int = 512) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q = q.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+        k = k.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+        v = v.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)
+        attended = nn.functional.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(attended.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
 def seeded(cls: type[nn.Module], **kwargs: object) -> nn.Module:
     """Instantiate ``cls`` with freshly seeded, reproducible weights."""
     torch.manual_seed(SEED)
     return cls(**kwargs)
+
+
+def twins(cls: type[nn.Module], **kwargs: object) -> tuple[nn.Module, nn.Module]:
+    """Two independently built ``cls`` modules with the same seeded weights, in eval mode.
+
+    The first is the eager reference, the second the copy to script, move or cast:
+    ``torch.jit.script(m)`` shares ``m``'s parameters, so ``.to("cuda")`` or
+    ``.double()`` on a scripted ``m`` would change the reference too.
+    """
+    return seeded(cls, **kwargs).eval(), seeded(cls, **kwargs).eval()
 
 
 def sample(*shape: int, seed: int, scale: float = 1.0) -> torch.Tensor:

@@ -80,6 +80,21 @@ def guarded(name: str, run: Callable[[], Iterable[Check]]) -> list[Check]:
     return done
 
 
+def shared_tensors(reference: Any, under_test: Any) -> list[str]:
+    """Names of ``under_test``'s parameters and buffers that share memory with ``reference``'s.
+
+    Works on anything with ``named_parameters()`` and ``named_buffers()`` whose
+    items have ``data_ptr()`` and ``numel()`` (empty tensors share nothing).
+    """
+
+    def pointers(module: Any) -> dict[str, int]:
+        named = [*module.named_parameters(), *module.named_buffers()]
+        return {name: t.data_ptr() for name, t in named if t.numel()}
+
+    theirs = set(pointers(reference).values())
+    return sorted(name for name, ptr in pointers(under_test).items() if ptr in theirs)
+
+
 def all_passed(checks: Iterable[Check]) -> bool:
     """True when every check passed (and there is at least one)."""
     checks = list(checks)
