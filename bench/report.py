@@ -126,6 +126,9 @@ def _sizes(data: dict) -> list[str]:
         fl = size["floor"]
         rows.append([f"floor: base + files torch loads ({'+'.join(fl['devices'])})",
                      human_bytes(fl["floor_bytes"]), "-", "-"])
+        if "gpu_floor_bytes" in fl:
+            rows.append(["GPU floor: the floor + libraries that load only on a GPU",
+                         human_bytes(fl["gpu_floor_bytes"]), "-", "-"])
     lines += _table(["image", "uncompressed (engine)", "compressed (gzip -6 layers)", "layers"],
                     rows)
     if size:
@@ -143,15 +146,23 @@ def _sizes(data: dict) -> list[str]:
             f"{human_bytes(fl['venv_installed_bytes'])} installed there) plus "
             f"{fl['other_loaded_files']} loaded files the base lacks (Python and its standard "
             f"library, {human_bytes(fl['other_loaded_bytes'])}). prod is "
-            f"{times(prod['size_bytes'] / fl['floor_bytes'])} the floor.",
+            f"{times(prod['size_bytes'] / fl['floor_bytes'])} the floor"
+            + (f" and {times(prod['size_bytes'] / fl['gpu_floor_bytes'])} the GPU floor (plus "
+               f"{human_bytes(fl['gpu_only_bytes'])} of cuDNN sub-libraries and NVRTC builtins "
+               "that load only on a GPU)." if "gpu_floor_bytes" in fl else "."),
             "- Largest installed files that were not loaded: " + ", ".join(
                 f"`{Path(p).name}` ({human_bytes(s)})" for p, s in fl["largest_not_loaded"][:6])
             + ("" if "cuda" in fl["devices"] else
                " (on the CPU; some of these load once CUDA kernels run)") + ".",
         ]
         if naive:
-            lines.append(f"- prod is {times(prod['compressed_bytes'] / naive['compressed_bytes'])} "
-                         "the naive image, compressed.")
+            lines.append(f"- prod is {times(prod['size_bytes'] / naive['size_bytes'])} the naive "
+                         f"image uncompressed, "
+                         f"{times(prod['compressed_bytes'] / naive['compressed_bytes'])} "
+                         "compressed.")
+        own = dev["compressed_bytes"] - sh["compressed_bytes"]
+        lines.append(f"- dev's own layers on top of what it shares with prod: {human_bytes(own)} "
+                     "compressed (what a host that has prod pulls for dev).")
         lines.append("")
     return lines
 
