@@ -61,12 +61,7 @@ class Built:
     tag: str
     image_id: str = ""
     seconds: float = 0.0
-    steps: int = 0
-    cached_steps: int = 0
-    created: list[str] = field(default_factory=list)
-    reused: list[str] = field(default_factory=list)
-    python_downloads: list[str] = field(default_factory=list)
-    apt_fetches: int = 0
+    output: BuildOutput = field(default_factory=BuildOutput)  # steps, cache hits, downloads
     own_cache: bool = False  # cache hits can only be images this run made (cache_from)
     normalize_seconds: float = 0.0
     final_id: str = ""  # the normalized image where the project normalizes, else image_id
@@ -100,15 +95,13 @@ def build(session: Session, context: bytes, dockerfile: str, name: str, *, nocac
             session.track_image(layer)
     built.seconds = time.monotonic() - started
     built.image_id = output.image_id or ""
-    built.steps, built.cached_steps = output.steps, output.cached_steps
-    built.created, built.reused = output.created, output.reused
-    built.python_downloads, built.apt_fetches = output.python_downloads, output.apt_fetches
+    built.output = output
     if output.error or not built.image_id:
         tail = "\n".join(output.tail)
         raise BenchError(f"building {name} failed: {(output.error or 'no image').strip()}\n"
                          f"--- last lines of the build output ---\n{tail}")
-    say(f"built {name} in {built.seconds:.1f} s ({built.cached_steps}/{built.steps} steps "
-        f"from cache, {len(built.python_downloads)} pip download lines)")
+    say(f"built {name} in {built.seconds:.1f} s ({built.output.cached_steps}/{built.output.steps} steps "
+        f"from cache, {len(built.output.python_downloads)} pip download lines)")
     return built
 
 
@@ -133,7 +126,7 @@ def discard(session: Session, builds: list[Built]) -> None:
     Cache hits are removed only where they can be this run's own (cache_from builds):
     elsewhere they are the project's cached stages, which must stay.
     """
-    refs = [r for b in builds for r in (*b.created, *(b.reused if b.own_cache else ()), b.tag,
+    refs = [r for b in builds for r in (*b.output.created, *(b.output.reused if b.own_cache else ()), b.tag,
                                          *([b.final_id] if b.final_id else []))]
     session.discard(refs)
 
@@ -222,9 +215,9 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
             noop[variant].append(got)
             discard(session, [got])
     result["noop"] = {variant: {
-        **_times(built), "steps": built[-1].steps, "cached_steps": built[-1].cached_steps,
+        **_times(built), "steps": built[-1].output.steps, "cached_steps": built[-1].output.cached_steps,
         "same_image_as_tagged": built[-1].final_id == session.image_id(cell.image(variant).ref()),
-        "python_download_lines": len(built[-1].python_downloads),
+        "python_download_lines": len(built[-1].output.python_downloads),
     } for variant, built in noop.items()}
 
     changes: list[Built] = []
@@ -240,10 +233,10 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         **_times(changes),
         "change": f'LABEL {names.label("bench-change")}="<run>-<time>" inserted after '
                   "`FROM runtime AS dev`",
-        "steps": changes[-1].steps, "rebuilt_steps": changes[-1].steps - changes[-1].cached_steps,
-        "python_download_lines": sum(len(b.python_downloads) for b in changes),
-        "python_download_examples": [x for b in changes for x in b.python_downloads][:10],
-        "apt_fetches": changes[-1].apt_fetches,
+        "steps": changes[-1].output.steps, "rebuilt_steps": changes[-1].output.steps - changes[-1].output.cached_steps,
+        "python_download_lines": sum(len(b.output.python_downloads) for b in changes),
+        "python_download_examples": [x for b in changes for x in b.output.python_downloads][:10],
+        "apt_fetches": changes[-1].output.apt_fetches,
     }
 
     naive_ctx, naive_text = naive_context(session, ca)
@@ -264,7 +257,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
             normalize(session, dev)
             prod = build(session, context, names.dockerfile_path(session.prod), f"cold-prod-{turn}",
                          nocache=False, buildargs=args, labels=labels["prod"],
-                         cache_from=dev.created)
+                         cache_from=dev.output.created)
             normalize(session, prod)
             cold.append((dev, prod))
             discard(session, [prod, dev])
@@ -274,7 +267,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         "build_s": summary([d.seconds + p.seconds for d, p in cold]),
         "normalize_s": summary([d.normalize_seconds + p.normalize_seconds for d, p in cold]),
         "dev": _times([d for d, _ in cold]), "prod": _times([p for _, p in cold]),
-        "prod_cached_steps": cold[-1][1].cached_steps, "prod_steps": cold[-1][1].steps,
+        "prod_cached_steps": cold[-1][1].output.cached_steps, "prod_steps": cold[-1][1].output.steps,
         "reproduces_tagged": {
             variant: built.final_id == session.image_id(cell.image(variant).ref())
             for variant, built in (("dev", cold[-1][0]), ("prod", cold[-1][1]))},

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import testinfra
 from docker.models.containers import Container
 from testinfra.host import Host
 
-# prod as the README runs it.
+if TYPE_CHECKING:
+    from pytorch_cuda.matrix import Image
+
+# prod's runtime flags from the README, plus resource limits.
 HARDENED = {
     "read_only": True, "tmpfs": {"/tmp": "rw,size=256m"}, "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges"], "pids_limit": 256, "mem_limit": "4g",
@@ -29,6 +33,11 @@ _PROC_TABLE = r"""for d in /proc/[0-9]*; do
   printf '%s\t%s\t%s\t%s\n' "${d#/proc/}" "$uid" "$(cat "$d/comm" 2>/dev/null)" \
     "$(tr '\0\t\n' '   ' < "$d/cmdline" 2>/dev/null)"
 done"""
+
+
+def app_user(image: Image) -> dict:
+    """The unprivileged user of both variants, as versions.yaml names it (name, uid)."""
+    return image.cell.matrix.raw["project"]["user"]
 
 
 def docker_host(container: Container, user: str | None = None) -> Host:
@@ -81,4 +90,5 @@ def wait_listening(host: Host, container: Container, ports: set[int], timeout: f
             break
         time.sleep(1)
     logs = container.logs().decode(errors="replace")[-3000:]
-    raise AssertionError(f"{container.image.tags}: ports {sorted(ports)} do not listen:\n{logs}")
+    image = container.attrs["Config"]["Image"]
+    raise AssertionError(f"{image}: ports {sorted(ports)} do not listen:\n{logs}")

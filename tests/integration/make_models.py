@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-CHECKS = Path(__file__).resolve().parents[1] / "incontainer"
+CHECKS = Path(__file__).resolve().parent.parent / "incontainer"  # a checkout; "/" in a container
 
 
 def main() -> int:

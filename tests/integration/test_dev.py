@@ -1,4 +1,7 @@
-"""dev: JupyterLab with a token, key-only SSH with fresh host keys, an init process."""
+"""dev with real clients: the Jupyter token over HTTP, SSH logins with paramiko, docker stop.
+
+Users, files, packages, processes, sockets and sshd settings: test_dev_infra.py (testinfra).
+"""
 
 from __future__ import annotations
 
@@ -62,15 +65,11 @@ def _jupyter(helper, **kwargs):
 
 
 def test_jupyter_requires_the_token(dev_image, containers):
-    container, port = _jupyter(containers(dev_image), environment={"JUPYTER_TOKEN": "s3cret-t0ken"})
+    _, port = _jupyter(containers(dev_image), environment={"JUPYTER_TOKEN": "s3cret-t0ken"})
     url = f"http://127.0.0.1:{port}/api/contents"
     assert _status(url) == 403, f"{dev_image.name}: API answered without a token"
     assert _status(url, "wrong") == 403, f"{dev_image.name}: API answered a wrong token"
     assert _status(url, "s3cret-t0ken") == 200, f"{dev_image.name}: API refused the right token"
-    uids = {p[0] for p in container.top(ps_args="-o uid,pid,args")["Processes"]
-            if "jupyter" in p[2] and "tini" not in p[2]}
-    expected = str(dev_image.cell.matrix.raw["project"]["user"]["uid"])
-    assert uids == {expected}, f"{dev_image.name}: Jupyter runs as uid {uids}, expected {expected}"
 
 
 def test_jupyter_token_from_file(dev_image, containers, tmp_path):
@@ -165,43 +164,9 @@ def test_ssh_keys_from_a_mounted_file(dev_image, containers, tmp_path):
         assert stdout.read().decode().strip() == USER
 
 
-def test_sshd_effective_config_is_hardened(dev_image, ssh_container):
-    container, _, _ = ssh_container
-    result = container.exec_run(["/usr/sbin/sshd", "-T"])
-    config = set(result.output.decode().splitlines())
-    for line in ("passwordauthentication no", "kbdinteractiveauthentication no",
-                 "permitrootlogin no", "permitemptypasswords no"):
-        assert line in config, f"{dev_image.name}: sshd -T lacks {line!r}"
-
-
-def test_no_host_keys_in_the_image_and_fresh_per_container(dev_image, containers):
-    helper = containers(dev_image)
-    code, out = helper.run(["sh", "-c", "ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l"],
-                           entrypoint=[])
-    assert out.strip() == "0", f"{dev_image.name}: host keys ship in the image"
-    prints = []
-    for _ in range(2):
-        container = helper.start(environment={"JUPYTER_TOKEN": "x"})
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            result = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
-            if result.exit_code == 0:
-                prints.append(result.output.split()[1])
-                break
-            time.sleep(0.5)
-    assert len(prints) == 2 and prints[0] != prints[1], (
-        f"{dev_image.name}: two containers share a host key")
-
-
-def test_init_reaps_and_stops_in_grace(dev_image, containers):
+def test_init_stops_in_grace(dev_image, containers):
     container = containers(dev_image).start(environment={"JUPYTER_TOKEN": "x-token"})
     time.sleep(3)
-    comm = container.exec_run(["cat", "/proc/1/comm"]).output.decode().strip()
-    assert comm == "tini", f"{dev_image.name}: PID 1 is {comm}, expected tini"
-    container.exec_run(["bash", "-c", "(sleep 1 &) ; true"])
-    time.sleep(3)
-    zombies = container.exec_run(["sh", "-c", "ps -eo stat= | grep -c '^Z' || true"])
-    assert zombies.output.decode().strip() == "0", f"{dev_image.name}: zombies are not reaped"
     started = time.monotonic()
     container.stop(timeout=10)
     took = time.monotonic() - started

@@ -116,6 +116,8 @@ def test_leaving_out_what_torch_needs_stops_the_build(prod_image, client, tmp_pa
     subprocess.run([sys.executable, "build.py", "render"], cwd=clone, check=True,
                    capture_output=True)
     before = {t: client.images.get(prod_image.ref(t)).id for t in prod_image.tags}
+    keep = "pytorch-cuda-test-keep"
+    client.images.get(prod_image.ref()).tag(keep, "leave-out")  # the untag must not delete it
     try:
         proc = subprocess.run(
             [sys.executable, "build.py", "build", prod_image.cell.id, "--variant", "prod",
@@ -133,3 +135,4 @@ def test_leaving_out_what_torch_needs_stops_the_build(prod_image, client, tmp_pa
     finally:
         for tag, image_id in before.items():
             client.images.get(image_id).tag(prod_image.cell.matrix.repository, tag)
+        client.images.remove(f"{keep}:leave-out", noprune=True)
