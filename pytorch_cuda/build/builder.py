@@ -166,10 +166,13 @@ def _untag(client: docker.DockerClient, image: Image) -> None:
             continue
 
 
-def prune(client: docker.DockerClient, bases: set[str]) -> int:
-    """Remove this project's dangling images (replaced builds and their stages); return bytes."""
+def prune(client: docker.DockerClient, bases: set[str], keep: frozenset[str] = frozenset()) -> int:
+    """Remove this project's dangling images (replaced builds and their stages), except the IDs in
+    `keep`; return bytes."""
     reclaimed = 0
     for image in client.images.list(filters={"dangling": True}):
+        if image.id in keep:
+            continue
         layers = image.attrs["RootFS"].get("Layers") or []
         if (layers and layers[0] in bases) or names.label("cell") in (image.labels or {}):
             try:

@@ -56,11 +56,14 @@ def verify(client: docker.DockerClient, images: list[Image], twice: bool,
            against: str | None, options: builder.BuildOptions) -> bool:
     """Rebuild each image without cache and compare; print digests or what differs."""
     rows, ok = [], True
+    references: set[str] = set()  # images compared against (a pulled one has no tag): kept
     cell = images[0].cell
     with builder.prepared(client, cell, options) as (context, base_id):
         bases = builder.base_layers(client, base_id)
         for image in images:
             reference = None if twice else _reference(client, image, against)
+            if reference:
+                references.add(reference)
             to_remove: list[str] = []
             try:
                 if reference is None:
@@ -98,6 +101,6 @@ def verify(client: docker.DockerClient, images: list[Image], twice: bool,
                             client.images.remove(image_id, force=True)
                         except docker.errors.APIError:
                             continue
-        builder.prune(client, bases)
+        builder.prune(client, bases, keep=frozenset(references))
     print(table(["image", "reference", "rebuild", "result"], rows))
     return ok

@@ -76,10 +76,12 @@ def test_published_prod_image_verifies_from_a_fresh_clone(repro_enabled, client:
         print(verified.stdout)
         assert verified.returncode == 0, (verified.stdout + verified.stderr)[-4000:]
         assert f"{image.name}: reproducible: image {local.id}" in verified.stdout
-    finally:
+    finally:  # give the machine its image back (the same ID), pulled again if need be
+        published = f"{target}/{image.cell.matrix.repository}@{digest}"
         try:
-            pulled = client.images.get(f"{target}/{image.cell.matrix.repository}@{digest}")
-            for tag in image.tags:  # give the machine its image back, same ID
-                pulled.tag(image.cell.matrix.repository, tag)
+            pulled = client.images.get(published)
         except docker.errors.ImageNotFound:
-            pass
+            pulled = client.images.pull(published)
+        for tag in image.tags:
+            pulled.tag(image.cell.matrix.repository, tag)
+        assert client.images.get(image.ref()).id == local.id
