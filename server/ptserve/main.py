@@ -43,7 +43,7 @@ def _join_workers(executor: ThreadPoolExecutor, timeout: float) -> bool:
 async def serve(settings: Settings) -> bool:
     """Serve until SIGTERM/SIGINT, then drain; False if the grace period ran out."""
     repository = _scan(settings)
-    runtime = Runtime.create(settings.require_gpu, settings.allow_tf32)
+    runtime = Runtime.create(settings.require_gpu, settings.allow_tf32, settings.torch_threads)
     executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="ptserve-infer")
     metrics = ServerMetrics(repository, runtime.gpu_stats)
     state = ServerState(settings, repository, runtime, metrics, executor)
@@ -69,6 +69,7 @@ async def serve(settings: Settings) -> bool:
         model_repository=str(settings.model_repository),
         device="none" if runtime.blocked else str(runtime.device),
         workers=settings.workers,
+        torch_threads=settings.torch_threads,
         max_inflight=settings.max_inflight,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,

@@ -70,12 +70,17 @@ class Runtime:
         self._nvml_missing = False
 
     @classmethod
-    def create(cls, require_gpu: bool, allow_tf32: bool = False) -> Runtime:
+    def create(cls, require_gpu: bool, allow_tf32: bool = False,
+               torch_threads: int | None = None) -> Runtime:
         """CUDA device 0 when visible, else the CPU unless a GPU is required.
 
         TF32 matmuls and convolutions stay off unless ``allow_tf32``, so FP32
-        models give FP32-accurate results on the GPU too.
+        models give FP32-accurate results on the GPU too. ``torch_threads`` sets
+        torch's intra-op threads: the worker threads already run inferences side
+        by side, so each gets its share of the CPUs instead of all of them.
         """
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
         torch.backends.cuda.matmul.allow_tf32 = allow_tf32
         torch.backends.cudnn.allow_tf32 = allow_tf32
         if torch.cuda.is_available():

@@ -54,6 +54,11 @@ def port_from_env(env: Mapping[str, str] = os.environ) -> int:
     return port
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset included)."""
+    return len(os.sched_getaffinity(0))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the server reads from its environment."""
@@ -68,18 +73,21 @@ class Settings:
     body_timeout_seconds: float = 30.0
     require_gpu: bool = False
     allow_tf32: bool = False
+    torch_threads: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Build settings from ``env``; raises ValueError naming a bad variable."""
+        workers = _int(env, "PTSERVE_WORKERS", 2, 1)
         return cls(
             model_repository=Path(env.get("PTSERVE_MODEL_REPOSITORY") or "/models"),
             port=port_from_env(env),
-            workers=_int(env, "PTSERVE_WORKERS", 2, 1),
+            workers=workers,
             max_inflight=_int(env, "PTSERVE_MAX_INFLIGHT", 64, 1),
             max_body_bytes=_int(env, "PTSERVE_MAX_BODY_BYTES", 64 * 1024 * 1024, 1),
             drain_seconds=_float(env, "PTSERVE_DRAIN_SECONDS", 20.0),
             body_timeout_seconds=_float(env, "PTSERVE_BODY_TIMEOUT_SECONDS", 30.0, positive=True),
             require_gpu=_flag(env, "PTSERVE_REQUIRE_GPU"),
             allow_tf32=_flag(env, "PTSERVE_ALLOW_TF32"),
+            torch_threads=_int(env, "PTSERVE_TORCH_THREADS", max(1, usable_cpus() // workers), 1),
         )

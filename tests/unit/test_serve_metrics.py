@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 import io
 import json
@@ -83,7 +85,9 @@ def test_openmetrics_on_request():
 
 
 def test_settings_defaults_and_overrides():
-    assert settings.Settings.from_env({}) == settings.Settings()
+    defaults = settings.Settings.from_env({})
+    share = max(1, settings.usable_cpus() // 2)
+    assert defaults == dataclasses.replace(settings.Settings(), torch_threads=share)
     parsed = settings.Settings.from_env(
         {
             "PTSERVE_MODEL_REPOSITORY": "/srv/models",
@@ -95,8 +99,10 @@ def test_settings_defaults_and_overrides():
             "PTSERVE_BODY_TIMEOUT_SECONDS": "2.5",
             "PTSERVE_REQUIRE_GPU": "1",
             "PTSERVE_ALLOW_TF32": "true",
+            "PTSERVE_TORCH_THREADS": "3",
         }
     )
+    assert parsed.torch_threads == 3
     assert parsed.model_repository == Path("/srv/models")
     assert (parsed.port, parsed.workers, parsed.max_inflight) == (9000, 4, 8)
     assert (parsed.max_body_bytes, parsed.drain_seconds) == (1024, 1.5)
