@@ -49,7 +49,7 @@ class Mirrors:
 
 
 def snapshot_mirrors(base: str, moment: datetime, suites: list[str], option: str) -> Mirrors:
-    """A snapshot mirror's archive of `moment` (snapshot.debian.org's URL layout), checked to answer."""
+    """A snapshot mirror's archive of `moment` (the URL layout of Debian's snapshot archive), checked to answer."""
     if not re.match(r"^https?://[^\s/]+", base):
         raise UserError(f"{option} {base}: not an http(s) URL")
     stamp = moment.strftime("%Y%m%dT%H%M%SZ")
