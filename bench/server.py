@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,21 @@ def _cases(repo: Path) -> list[tuple[str, str, str, np.ndarray]]:
     return cases
 
 
+def run_clients(worker: Callable[[int], None], clients: int, barrier: threading.Barrier) -> float:
+    """Run `clients` load threads that start together at `barrier`; the seconds they took."""
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join(timeout=900)
+    elapsed = time.perf_counter() - started
+    if any(thread.is_alive() for thread in threads):
+        raise BenchError(f"load clients were still running after {elapsed:.0f} s")
+    return elapsed
+
+
 def load_round(netloc: str, cases: list, requests: int, clients: int) -> dict:
     """`requests` inferences from `clients` threads; latencies (ms), wall time, errors."""
     import tritonclient.http as httpclient
@@ -176,16 +192,7 @@ def load_round(netloc: str, cases: list, requests: int, clients: int) -> dict:
                 latencies.extend(mine)
                 errors.extend(failed)
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join(timeout=900)
-    elapsed = time.perf_counter() - started
-    if any(thread.is_alive() for thread in threads):
-        raise BenchError(f"load clients were still running after {elapsed:.0f} s")
+    elapsed = run_clients(worker, clients, barrier)
     if not latencies:
         raise BenchError(f"no request succeeded; first error: {errors[0] if errors else '?'}")
     return {"requests": requests, "ok": len(latencies), "errors": len(errors),
@@ -272,14 +279,7 @@ def http_load(port: int, path: str, body: bytes, requests: int, clients: int) ->
             latencies.extend(mine)
             errors.extend(failed)
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    started = time.perf_counter()
-    for thread in threads:
-        thread.join(timeout=900)
-    elapsed = time.perf_counter() - started
+    elapsed = run_clients(worker, clients, barrier)
     if not latencies:
         raise BenchError(f"no request to {path} succeeded; first error: {errors[:1]}")
     return {"req_per_s": len(latencies) / elapsed, "p50_ms": statistics.median(latencies),
