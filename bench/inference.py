@@ -8,7 +8,6 @@ interleaved rounds; their range is the per-round ratios' min and max.
 
 from __future__ import annotations
 
-import statistics
 
 from pytorch_cuda.core.progress import say
 
@@ -25,15 +24,5 @@ def measure(session: Session, runs: int) -> dict:
         ["python", "/bench/inference.py", "--rounds", str(runs),
          "--batch", *map(str, BATCHES)],
         **session.gpu_kwargs())
-    eager = {(r["model"], r["batch"], r["device"]): r for r in data["results"]
-             if r["mode"] == "eager"}
-    for row in data["results"]:
-        base = eager[(row["model"], row["batch"], row["device"])]
-        per_round = [e / m for e, m in zip(base["round_medians_us"], row["round_medians_us"],
-                                           strict=True) if m]
-        row["speedup_vs_eager"] = base["median_us"] / row["median_us"]
-        row["speedup_round_min"] = min(per_round)
-        row["speedup_round_max"] = max(per_round)
-        row["speedup_round_median"] = statistics.median(per_round)
     data["rounds"] = runs
     return data

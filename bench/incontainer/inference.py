@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from ptc_checks.latency import MODELS, bench_one
+from ptc_checks.latency import MODELS, bench_one, with_speedups
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
         "devices": devices,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "models": {name: spec[2] for name, spec in MODELS.items() if name in args.models},
-        "results": results,
+        "results": with_speedups(results),
     }))
     return 0
 

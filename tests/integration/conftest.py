@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -331,3 +332,41 @@ def registry(registry_program: str, registry_root: Path):
     reg.start()
     yield reg
     reg.stop()
+
+
+def clone_project(target: Path) -> Path:
+    """A fresh clone of this repository's commit at `target`, to break without harm."""
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(target)], check=True)
+    return target
+
+
+def tag_targets(client: docker.DockerClient, image: Image) -> dict[str, str | None]:
+    """The image ID each of an image's tags names now (None where the tag is absent)."""
+    out: dict[str, str | None] = {}
+    for tag in image.tags:
+        try:
+            out[tag] = client.images.get(image.ref(tag)).id
+        except docker.errors.ImageNotFound:
+            out[tag] = None
+    return out
+
+
+def failing_build(client: docker.DockerClient, image: Image,
+                  clone: Path) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """Build `image` in a broken clone, where it must fail and so untag it; the real image is kept
+    and gets its tags back. Returns the build's process and the tags it left behind."""
+    before = tag_targets(client, image)
+    keep = "pytorch-cuda-test-keep"
+    client.images.get(image.ref()).tag(keep, "failing-build")  # untagging must not delete it
+    try:
+        proc = subprocess.run(
+            [sys.executable, "build.py", "build", image.cell.id, "--variant", image.variant,
+             "--quiet", "--no-normalize"],
+            cwd=clone, capture_output=True, text=True, timeout=1800, check=False)
+        left = {tag: target for tag, target in tag_targets(client, image).items() if target}
+    finally:
+        for tag, target in before.items():
+            if target:
+                client.images.get(target).tag(image.cell.matrix.repository, tag)
+        client.images.remove(f"{keep}:failing-build", noprune=True)
+    return proc, left

@@ -7,51 +7,26 @@ import os
 import subprocess
 import sys
 
-import docker.errors
 
-from pytorch_cuda.core.paths import ROOT
 
-from .conftest import CHECK_ENV, CHECK_MOUNTS, checks_command, write_expect
+from .conftest import (CHECK_ENV, CHECK_MOUNTS, checks_command, clone_project, failing_build,
+                       tag_targets, write_expect)
 from .containers import TrackedContainer
-
-
-def _targets(client, image) -> dict[str, str | None]:
-    out = {}
-    for tag in image.tags:
-        try:
-            out[tag] = client.images.get(image.ref(tag)).id
-        except docker.errors.ImageNotFound:
-            out[tag] = None
-    return out
 
 
 def test_broken_package_pin_fails_and_leaves_no_tag(prod_image, client, tmp_path):
     """A lock pinning a version that does not exist: exit 2, the step named, no tag left."""
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    clone = clone_project(tmp_path / "clone")
     lock = clone / "locks" / prod_image.cell.id / "prod.txt"
     text = lock.read_text()
     assert "aiohttp==" in text
     lock.write_text(text.replace("aiohttp==", "aiohttp==0.0.0.dev0+", 1))
-    before = _targets(client, prod_image)
-    keep = "pytorch-cuda-test-keep"
-    client.images.get(prod_image.ref()).tag(keep, "prod")  # the untag must not delete it
-    try:
-        proc = subprocess.run(
-            [sys.executable, "build.py", "build", prod_image.cell.id, "--variant", "prod",
-             "--quiet", "--no-normalize"],
-            cwd=clone, capture_output=True, text=True, timeout=1800, check=False)
-        assert proc.returncode == 2, proc.stderr[-3000:]
-        assert f"{prod_image.name} failed at step" in proc.stderr, proc.stderr[-3000:]
-        assert "[prod-env]" in proc.stderr and "no tag was applied" in proc.stderr
-        assert "Traceback" not in proc.stderr
-        left = {tag: target for tag, target in _targets(client, prod_image).items() if target}
-        assert not left, f"tags left behind after a failed build: {left}"
-    finally:
-        for tag, target in before.items():
-            if target:
-                client.images.get(target).tag(prod_image.cell.matrix.repository, tag)
-        client.images.remove(f"{keep}:prod", noprune=True)
+    proc, left = failing_build(client, prod_image, clone)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"{prod_image.name} failed at step" in proc.stderr, proc.stderr[-3000:]
+    assert "[prod-env]" in proc.stderr and "no tag was applied" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not left, f"tags left behind after a failed build: {left}"
 
 
 def test_a_pin_changed_by_hand_is_named(prod_image, client, tmp_path):
@@ -77,11 +52,10 @@ def test_a_pin_changed_by_hand_is_named(prod_image, client, tmp_path):
 
 def test_an_apt_pin_the_mirror_never_had_stops_before_building(prod_image, client, tmp_path):
     """A pin to a version the live mirror never had: exit 2 before any build, both ways out named."""
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    clone = clone_project(tmp_path / "clone")
     lock = clone / "locks" / prod_image.cell.os.name / "apt.txt"
     lock.write_text(lock.read_text().replace("\ntini=", "\ntini=0.0.0-never+", 1))
-    before = _targets(client, prod_image)
+    before = tag_targets(client, prod_image)
     env = {k: v for k, v in os.environ.items() if k != "PTC_DEBIAN_SNAPSHOT_MIRROR"}
     proc = subprocess.run(
         [sys.executable, "build.py", "build", prod_image.cell.id, "--variant", "prod", "--quiet"],
@@ -95,4 +69,4 @@ def test_an_apt_pin_the_mirror_never_had_stops_before_building(prod_image, clien
     assert "'python build.py lock'" in error
     assert "using the live Debian mirror" in proc.stderr  # said once, before anything else
     assert "step 1/" not in proc.stderr
-    assert _targets(client, prod_image) == before
+    assert tag_targets(client, prod_image) == before

@@ -13,10 +13,10 @@ import docker.errors
 import pytest
 import yaml
 
-from pytorch_cuda.core.paths import ROOT
 from pytorch_cuda.core.progress import human_bytes
 from pytorch_cuda.repro.saved import open_saved_image
 
+from .conftest import clone_project, failing_build
 from .containers import TrackedContainer
 
 # Run inside an image: which leave_out rules match something, and which distributions are there.
@@ -107,32 +107,18 @@ def test_each_image_keeps_its_size_budget(any_image, client, tmp_path):
 ])
 def test_leaving_out_what_torch_needs_stops_the_build(prod_image, client, tmp_path, rule, needs):
     """A leave_out rule that breaks torch: exit 2, one sentence naming the file and who needs it."""
-    clone = tmp_path / "clone"
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    clone = clone_project(tmp_path / "clone")
     versions = clone / "versions.yaml"
     data = yaml.safe_load(versions.read_text())
     data["variants"]["prod"]["leave_out"].append({**rule, "reason": "a test of the check"})
     versions.write_text(yaml.safe_dump(data, sort_keys=False))
     subprocess.run([sys.executable, "build.py", "render"], cwd=clone, check=True,
                    capture_output=True)
-    before = {t: client.images.get(prod_image.ref(t)).id for t in prod_image.tags}
-    keep = "pytorch-cuda-test-keep"
-    client.images.get(prod_image.ref()).tag(keep, "leave-out")  # the untag must not delete it
-    try:
-        proc = subprocess.run(
-            [sys.executable, "build.py", "build", prod_image.cell.id, "--variant", "prod",
-             "--quiet", "--no-normalize"],
-            cwd=clone, capture_output=True, text=True, timeout=1800, check=False)
-        assert proc.returncode == 2, proc.stderr[-3000:]
-        error = proc.stderr.strip().splitlines()[-1]
-        assert error.startswith(
-            f"error: {prod_image.name}: variants.prod.leave_out in versions.yaml: "), error
-        assert needs.search(error), error
-        assert "Traceback" not in proc.stderr
-        for tag in prod_image.tags:  # a failed build leaves no tag on any image
-            with pytest.raises(docker.errors.ImageNotFound):
-                client.images.get(prod_image.ref(tag))
-    finally:
-        for tag, image_id in before.items():
-            client.images.get(image_id).tag(prod_image.cell.matrix.repository, tag)
-        client.images.remove(f"{keep}:leave-out", noprune=True)
+    proc, left = failing_build(client, prod_image, clone)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(
+        f"error: {prod_image.name}: variants.prod.leave_out in versions.yaml: "), error
+    assert needs.search(error), error
+    assert "Traceback" not in proc.stderr
+    assert not left, f"tags left behind after a failed build: {left}"

@@ -128,4 +128,5 @@ def with_speedups(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["speedup_vs_eager"] = base["median_us"] / row["median_us"]
         row["speedup_round_min"] = min(per_round)
         row["speedup_round_max"] = max(per_round)
+        row["speedup_round_median"] = statistics.median(per_round)
     return results
