@@ -108,16 +108,19 @@ def build(session: Session, context: bytes, dockerfile: str, name: str, *, nocac
 NORMALIZES = builder.BuildOptions().normalize
 
 
-def normalize(session: Session, built: Built) -> None:
-    """Normalize a raw build as `build.py build` does (with its shortcuts), timing it."""
-    built.final_id = built.image_id
+def normalize(session: Session, *builds: Built) -> None:
+    """Normalize raw builds together as `build.py build` does (with its shortcuts), timing it;
+    each build gets its share of the time (see `roundtrip.normalize_all`)."""
+    for built in builds:
+        built.final_id = built.image_id
     if not NORMALIZES:
         return
-    done = roundtrip.normalize(session.client, built.image_id, built.name,
-                                  roundtrip.since_of(session.cell))
-    built.normalize_seconds = done.seconds
-    built.final_id = done.image_id
-    session.track_image(done.image_id)
+    done = roundtrip.normalize_all(session.client, {b.image_id: b.name for b in builds},
+                                   roundtrip.since_of(session.cell))
+    for built in builds:
+        built.normalize_seconds = done[built.image_id].seconds
+        built.final_id = done[built.image_id].image_id
+        session.track_image(built.final_id)
 
 
 def discard(session: Session, builds: list[Built]) -> None:
@@ -254,11 +257,10 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
                 continue
             dev = build(session, context, names.dockerfile_path(session.dev), f"cold-dev-{turn}",
                         nocache=True, buildargs=args, labels=labels["dev"])
-            normalize(session, dev)
             prod = build(session, context, names.dockerfile_path(session.prod), f"cold-prod-{turn}",
                          nocache=False, buildargs=args, labels=labels["prod"],
                          cache_from=dev.output.created)
-            normalize(session, prod)
+            normalize(session, dev, prod)
             cold.append((dev, prod))
             discard(session, [prod, dev])
     totals = [d.total_seconds + p.total_seconds for d, p in cold]

@@ -188,7 +188,7 @@ def _build(data: dict) -> list[str]:
              + ".", ""]
     rows = [
         ["cold default cell: dev + prod, no build cache, base cached", minutes(cold["total_s"]),
-         _split(cold, norm) + f"dev {minutes(cold['dev']['seconds'])}, then prod "
+         _split(cold, norm) + f"dev {minutes(cold['dev']['seconds'])}, prod "
          f"{minutes(cold['prod']['seconds'])} ({cold['prod_cached_steps']}/{cold['prod_steps']} "
          f"steps from the dev build); same image IDs as the tagged ones: dev "
          f"{'yes' if same['dev'] else 'no'}, prod {'yes' if same['prod'] else 'no'}"],
@@ -345,9 +345,10 @@ METHOD = """\
   lacks. Files that only load on a GPU count only where a GPU is visible.
 - **Cold build**: dev with `nocache` (the base image stays), then prod with only
   the dev build's images as its cache (`cache_from`), as a first `make image`
-  on a new machine; each is then normalized as `make image` does, writing
-  every layer. The naive Dockerfile is built with `nocache` on the same base
-  and not normalized. Python wheels come from the network each time, so the
+  on a new machine; then both are normalized together as `make image` does
+  (one save and one load, so their shared heavy layers are copied once; each
+  image's figure is its share, by the bytes it added). The naive Dockerfile is
+  built with `nocache` on the same base and not normalized. Python wheels come from the network each time, so the
   index's speed is part of both figures.
 - **No-op rebuild**: the same context again, cache on, then normalization
   (which reuses an earlier result for the same raw build). **Dev-only change**: a

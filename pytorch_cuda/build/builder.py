@@ -101,33 +101,51 @@ def build_raw(client: docker.DockerClient, image: Image, context: Path, base_id:
     return output.image_id, output.stage_images
 
 
-def build_image(client: docker.DockerClient, image: Image, context: Path, base_id: str,
-                options: BuildOptions) -> BuildResult:
-    """Build (and normalize) one image; tag it only when all of that succeeded."""
-    started = time.monotonic()
-    say(f"building {image.name} -> {image.ref()}")
+def build_cell_images(client: docker.DockerClient, images: list[Image], context: Path,
+                      base_id: str, options: BuildOptions) -> list[BuildResult]:
+    """Build the images of one cell, normalize them together (one save and one load, so the
+    heavy layers they share are copied once) and tag each only when all of that succeeded.
+
+    When an image fails to build, the build stops there: the images built before it are
+    still normalized and tagged, then the failure is raised; the failed image keeps no tag."""
+    raws: dict[str, tuple[Image, float]] = {}
+    failure: UserError | None = None
     try:
-        raw_id, stages = build_raw(client, image, context, base_id, options)
-        raw = client.images.get(raw_id)
-        keep_cache(client, image, raw_id, stages)
-        built_seconds = time.monotonic() - started
-        normalize_seconds = 0.0
-        final = raw
-        if options.normalize:
-            normalized = roundtrip.normalize(client, raw.id, image.name,
-                                                roundtrip.since_of(image.cell))
-            final = client.images.get(normalized.image_id)
-            normalize_seconds = normalized.seconds
+        for image in images:
+            started = time.monotonic()
+            say(f"building {image.name} -> {image.ref()}")
+            try:
+                raw_id, stages = build_raw(client, image, context, base_id, options)
+            except UserError as exc:
+                _untag(client, image)
+                failure = exc
+                break
+            keep_cache(client, image, raw_id, stages)
+            raws[raw_id] = (image, time.monotonic() - started)
+        finals = {raw_id: (raw_id, 0.0) for raw_id in raws}
+        if options.normalize and raws:
+            since = roundtrip.since_of(images[0].cell)
+            done = roundtrip.normalize_all(
+                client, {raw_id: image.name for raw_id, (image, _) in raws.items()}, since)
+            finals = {raw_id: (n.image_id, n.seconds) for raw_id, n in done.items()}
     except (KeyboardInterrupt, UserError):
-        _untag(client, image)
+        for image in images:
+            _untag(client, image)
         raise
-    for tag in image.tags:
-        final.tag(image.cell.matrix.repository, tag)
-    seconds = time.monotonic() - started
-    say(f"built {image.name} {final.id[:19]} ({human_bytes(final.attrs['Size'])}, "
-        f"build {built_seconds:.0f} s + normalize {normalize_seconds:.0f} s); "
-        f"tagged {', '.join(image.tags)}")
-    return BuildResult(image, final.id, final.attrs["Size"], seconds, normalize_seconds)
+    results = []
+    for raw_id, (image, built_seconds) in raws.items():
+        final_id, normalize_seconds = finals[raw_id]
+        final = client.images.get(final_id)
+        for tag in image.tags:
+            final.tag(image.cell.matrix.repository, tag)
+        say(f"built {image.name} {final.id[:19]} ({human_bytes(final.attrs['Size'])}, "
+            f"build {built_seconds:.0f} s + normalize {normalize_seconds:.0f} s); "
+            f"tagged {', '.join(image.tags)}")
+        results.append(BuildResult(image, final.id, final.attrs["Size"],
+                                   built_seconds + normalize_seconds, normalize_seconds))
+    if failure is not None:
+        raise failure
+    return results
 
 
 def keep_cache(client: docker.DockerClient, image: Image, raw_id: str,
@@ -217,8 +235,8 @@ def build(client: docker.DockerClient, images: list[Image], options: BuildOption
     for cell in cells.values():
         with prepared(client, cell, options) as (context, base_id):
             bases |= base_layers(client, base_id)
-            for image in (i for i in images if i.cell.id == cell.id):
-                results.append(build_image(client, image, context, base_id, options))
+            results += build_cell_images(client, [i for i in images if i.cell.id == cell.id],
+                                         context, base_id, options)
     reclaimed = prune(client, bases)
     if reclaimed:
         say(f"pruned replaced images of this project ({human_bytes(reclaimed)})")

@@ -56,7 +56,7 @@ import tempfile
 import time
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pytorch_cuda.repro.chains import chain_id
@@ -69,7 +69,7 @@ from pytorch_cuda.repro.saved import (
     Source,
     blob_path,
     copy_range,
-    open_saved_image,
+    open_saved_images,
     placeholder_path,
 )
 from pytorch_cuda.repro.tarformat import BLOCK
@@ -119,7 +119,8 @@ class LayerResult:
 
 @dataclass(frozen=True)
 class NormalizeResult:
-    """The normalized archive and the identity of the image inside it."""
+    """The normalized archive and the identity of an image inside it; ``source_id``
+    is the image ID of the raw image it came from."""
 
     path: Path
     image_id: str
@@ -129,6 +130,7 @@ class NormalizeResult:
     layers: tuple[LayerResult, ...]
     size: int
     seconds: float
+    source_id: str
 
     @property
     def chain_ids(self) -> tuple[str, ...]:
@@ -164,6 +166,7 @@ class _Run:
     learned: dict[str, tuple[str, int]]
     kept: dict[str, Path]
     present: frozenset[str] = frozenset()
+    done: dict[str, LayerResult] = field(default_factory=dict)
 
 
 def _copy_blob(run: _Run, fd: int, offset: int, size: int, expected: str) -> bool:
@@ -363,23 +366,74 @@ def _discard(files: Mapping[str, Path]) -> None:
 
 def _write_image(
     run: _Run, image: SavedImage, labels: Mapping[str, str] | None, tags: Sequence[str]
-) -> tuple[str, tuple[str, ...], bytes, list[LayerResult]]:
-    """Write every layer, the config and manifest.json; return (image ID, diff_ids, config, layers)."""
-    run.out.add_dir("blobs/")
-    run.out.add_dir("blobs/sha256/")
-    done: dict[str, LayerResult] = {}
+) -> tuple[NormalizeResult, dict]:
+    """Write an image's layers and config; return its result (archive path and size
+    not yet known) and its manifest.json entry. A layer an earlier image of the
+    same archive wrote is not written again."""
+    start = time.monotonic()
     layers: list[LayerResult] = []
     for layer in image.layers:
         parent = layers[-1].chain_id if layers else None
-        layers.append(_normalize_layer(run, layer, parent, done))
+        layers.append(_normalize_layer(run, layer, parent, run.done))
     diff_ids = tuple(layer.diff_id for layer in layers)
     config = normalize_config(image.config, diff_ids, run.epoch, labels)
     image_id = "sha256:" + hashlib.sha256(config).hexdigest()
     run.out.add_file(blob_path(image_id), config)
-    manifest = [{"Config": blob_path(image_id), "RepoTags": list(tags) or None,
-                 "Layers": [layer.path for layer in layers]}]
-    run.out.add_file("manifest.json", canonical_json(manifest))
-    return image_id, diff_ids, config, layers
+    entry = {"Config": blob_path(image_id), "RepoTags": list(tags) or None,
+             "Layers": [layer.path for layer in layers]}
+    result = NormalizeResult(Path(), image_id, diff_ids, config, tuple(tags), tuple(layers),
+                             0, time.monotonic() - start, image.image_id)
+    return result, entry
+
+
+def _normalize(
+    src: Source,
+    dst: str | os.PathLike[str],
+    epoch: int,
+    cache_dir: Path | None,
+    mtime: MtimeMode,
+    cache_keep_bytes: int,
+    present_chains: Collection[str],
+    single: tuple[Sequence[str], Mapping[str, str] | None] | None,
+) -> tuple[NormalizeResult, ...]:
+    """Normalize the images of ``src`` into one archive ``dst``; ``single`` (tags,
+    labels) requires exactly one image and applies to it."""
+    if epoch < 0:
+        raise ValueError("epoch must be a non-negative number of seconds")
+    if mtime not in ("clamp", "set") and not (isinstance(mtime, int) and mtime >= 0):
+        raise ValueError(f"mtime must be 'clamp', 'set' or a threshold time, not {mtime!r}")
+    dst = Path(dst)
+    partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
+    cache = None if cache_dir is None else LayerCache(cache_dir, cache_keep_bytes)
+    with ExitStack() as stack:
+        images = stack.enter_context(open_saved_images(src, dst.parent))
+        if single is not None and len(images) != 1:
+            raise ValueError(f"the archive holds {len(images)} images; save one at a time")
+        file = stack.enter_context(open(partial, "wb", buffering=1 << 20))
+        stack.callback(lambda: partial.unlink(missing_ok=True))
+        run = _Run(
+            ArchiveWriter(file, epoch),
+            epoch,
+            mtime,
+            cache,
+            {},
+            {},
+            frozenset(present_chains),
+        )
+        stack.callback(_discard, run.kept)
+        run.out.add_dir("blobs/")
+        run.out.add_dir("blobs/sha256/")
+        tags, labels = single if single is not None else ((), None)
+        written = [_write_image(run, image, labels, tags) for image in images]
+        run.out.add_file("manifest.json", canonical_json([entry for _, entry in written]))
+        run.out.close()
+        file.close()
+        os.replace(partial, dst)
+        if cache is not None:
+            cache.record(run.learned, run.kept)
+            run.kept.clear()
+    size = dst.stat().st_size
+    return tuple(replace(result, path=dst, size=size) for result, _ in written)
 
 
 def normalize_archive(
@@ -407,42 +461,27 @@ def normalize_archive(
     only into such an engine.
     The output is written beside ``dst`` and renamed into place when complete.
     """
-    if epoch < 0:
-        raise ValueError("epoch must be a non-negative number of seconds")
-    if mtime not in ("clamp", "set") and not (isinstance(mtime, int) and mtime >= 0):
-        raise ValueError(f"mtime must be 'clamp', 'set' or a threshold time, not {mtime!r}")
-    start = time.monotonic()
-    dst = Path(dst)
-    partial = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
-    cache = None if cache_dir is None else LayerCache(cache_dir, cache_keep_bytes)
-    with ExitStack() as stack:
-        image = stack.enter_context(open_saved_image(src, dst.parent))
-        file = stack.enter_context(open(partial, "wb", buffering=1 << 20))
-        stack.callback(lambda: partial.unlink(missing_ok=True))
-        run = _Run(
-            ArchiveWriter(file, epoch),
-            epoch,
-            mtime,
-            cache,
-            {},
-            {},
-            frozenset(present_chains),
-        )
-        stack.callback(_discard, run.kept)
-        image_id, diff_ids, config, layers = _write_image(run, image, labels, tags)
-        run.out.close()
-        file.close()
-        os.replace(partial, dst)
-        if cache is not None:
-            cache.record(run.learned, run.kept)
-            run.kept.clear()
-    return NormalizeResult(
-        dst,
-        image_id,
-        diff_ids,
-        config,
-        tuple(tags),
-        tuple(layers),
-        dst.stat().st_size,
-        time.monotonic() - start,
-    )
+    (result,) = _normalize(src, dst, epoch, cache_dir, mtime, cache_keep_bytes,
+                           present_chains, (tags, labels))
+    return result
+
+
+def normalize_images(
+    src: Source,
+    dst: str | os.PathLike[str],
+    epoch: int,
+    cache_dir: Path | None = None,
+    *,
+    mtime: MtimeMode = "clamp",
+    cache_keep_bytes: int = 0,
+    present_chains: Collection[str] = (),
+) -> tuple[NormalizeResult, ...]:
+    """Normalize every image of a ``docker save`` archive of several into one archive.
+
+    The options are those of :func:`normalize_archive`. A layer the images share
+    (dev and prod share their heavy layers) is read, rewritten and written once,
+    so saving and loading the images together costs one copy of it. The results
+    follow the archive's order; ``seconds`` is each image's own share of the work.
+    """
+    return _normalize(src, dst, epoch, cache_dir, mtime, cache_keep_bytes,
+                      present_chains, None)

@@ -4,8 +4,10 @@ loaded back, so the same source gives the same image ID."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import docker
@@ -17,11 +19,12 @@ from pytorch_cuda.core.paths import STATE
 from pytorch_cuda.core.progress import human_bytes, say
 from pytorch_cuda.matrix import Cell
 from pytorch_cuda.repro.chains import chains_of
-from pytorch_cuda.repro.normalize import NormalizeResult, normalize_archive
+from pytorch_cuda.repro.normalize import NormalizeResult, normalize_images
 
 WORK = STATE / "normalize"
 LAYER_CACHE = STATE / "normalize-cache"
 MAPPING = STATE / "normalized.json"
+LOADED_RE = re.compile(r"^Loaded image ID: (sha256:[0-9a-f]{64})$", re.MULTILINE)
 
 
 @dataclass
@@ -63,12 +66,36 @@ def _exists(client: docker.DockerClient, image_id: str) -> bool:
         return False
 
 
-def save(client: docker.DockerClient, image_id: str, path: Path) -> None:
-    """`docker save` one image to a file."""
+def save(client: docker.DockerClient, image_ids: str | Sequence[str], path: Path) -> None:
+    """`docker save` one image, or several into one archive (a layer they share is in it once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image_ids, str):
+        chunks = client.api.get_image(image_ids, chunk_size=8 << 20)
+    else:  # the engine's save of several images; the SDK's get_image takes one
+        response = client.api._get(client.api._url("/images/get"),
+                                   params={"names": list(image_ids)}, stream=True)
+        chunks = client.api._stream_raw_result(response, 8 << 20, False)
     with path.open("wb") as out:
-        for chunk in client.api.get_image(image_id, chunk_size=8 << 20):
+        for chunk in chunks:
             out.write(chunk)
+
+
+def load(client: docker.DockerClient, path: Path) -> set[str]:
+    """`docker load` an archive; the IDs of the images it loaded. (The SDK's `images.load`
+    misses all but one when the engine reports several images in one message.)"""
+    loaded: set[str] = set()
+    with path.open("rb") as data:
+        for message in client.api.load_image(data):
+            if "error" in message:
+                raise UserError(f"the engine could not load {path.name}: {message['error']}")
+            loaded.update(LOADED_RE.findall(message.get("stream", "")))
+    return loaded
+
+
+def _present(client: docker.DockerClient) -> set[str]:
+    """The layer chains the engine holds."""
+    return chains_of(
+        [i.attrs["RootFS"].get("Layers") or [] for i in client.images.list(all=True)])
 
 
 def write_normalized(client: docker.DockerClient, raw_id: str, name: str, out: Path,
@@ -79,46 +106,78 @@ def write_normalized(client: docker.DockerClient, raw_id: str, name: str, out: P
     Files newer than `since` (the base's epoch: so, made by this build) get SOURCE_DATE_EPOCH
     as their mtime; older ones (shipped in the base or in packages) keep theirs. Unlike a plain
     clamp, this does not depend on when the build ran relative to the commit."""
+    return write_normalized_all(client, {raw_id: name}, out, since)[raw_id]
+
+
+def write_normalized_all(client: docker.DockerClient, raws: Mapping[str, str], out: Path,
+                         since: int) -> dict[str, NormalizeResult]:
+    """`write_normalized` for several raw builds ({raw ID: name}) saved into one archive and
+    normalized into one, so a layer they share is saved, rewritten and written once."""
     epoch = gitinfo.source_date_epoch()
+    label = " and ".join(raws.values())
     WORK.mkdir(parents=True, exist_ok=True)
-    raw = WORK / f"{raw_id[7:19]}.raw.tar"
+    raw = WORK / f"{next(iter(raws))[7:19]}.raw.tar"
     try:
-        say(f"{name}: saving the raw build for normalization")
-        save(client, raw_id, raw)
-        say(f"{name}: normalizing layers and config (SOURCE_DATE_EPOCH={epoch})")
-        present = chains_of(
-            [i.attrs["RootFS"].get("Layers") or [] for i in client.images.list(all=True)])
-        return normalize_archive(raw, out, epoch, LAYER_CACHE, present_chains=present,
-                                 mtime=since)
+        say(f"{label}: saving the raw build{'s' if len(raws) > 1 else ''} for normalization")
+        save(client, next(iter(raws)) if len(raws) == 1 else list(raws), raw)
+        say(f"{label}: normalizing layers and config (SOURCE_DATE_EPOCH={epoch})")
+        results = normalize_images(raw, out, epoch, LAYER_CACHE, present_chains=_present(client),
+                                   mtime=since)
     except OSError as exc:
-        raise UserError(f"{name}: normalization failed ({exc}); is there room in {WORK}?") from None
+        raise UserError(f"{label}: normalization failed ({exc}); is there room in {WORK}?") from None
     finally:
         raw.unlink(missing_ok=True)
+    by_raw = {result.source_id: result for result in results}
+    if set(by_raw) != set(raws):
+        raise UserError(f"{label}: the engine saved {', '.join(by_raw)}, not {', '.join(raws)}")
+    return by_raw
 
 
 def normalize(client: docker.DockerClient, raw_id: str, name: str, since: int) -> Normalized:
     """The normalized twin of a raw build, loaded (reused when normalized before)."""
+    return normalize_all(client, {raw_id: name}, since)[raw_id]
+
+
+def normalize_all(client: docker.DockerClient, raws: Mapping[str, str],
+                  since: int) -> dict[str, Normalized]:
+    """The normalized twins of raw builds ({raw ID: name}), loaded; those normalized before are
+    reused, the others saved, normalized and loaded together (one copy of a shared layer).
+
+    Each image's `seconds` is its share of the shared work: what it took alone (reuse, its own
+    layers and config) plus the save and load in proportion to the bytes it added."""
     started = time.monotonic()
-    known = _mapping().get(raw_id)
-    if known and _exists(client, known):
-        say(f"{name}: normalized before ({known[7:19]})")
-        return Normalized(known, time.monotonic() - started, True)
-    out = WORK / f"{raw_id[7:19]}.tar"
+    done: dict[str, Normalized] = {}
+    for raw_id, name in raws.items():
+        known = _mapping().get(raw_id)
+        if known and _exists(client, known):
+            say(f"{name}: normalized before ({known[7:19]})")
+            done[raw_id] = Normalized(known, time.monotonic() - started, True)
+    todo = {raw_id: name for raw_id, name in raws.items() if raw_id not in done}
+    if not todo:
+        return done
+    begun = time.monotonic()
+    label = " and ".join(todo.values())
+    out = WORK / f"{next(iter(todo))[7:19]}.tar"
     try:
-        result = write_normalized(client, raw_id, name, out, since)
-        say(f"{name}: loading the normalized image {result.image_id[7:19]}")
-        with out.open("rb") as data:
-            loaded = client.images.load(data)
-        if not loaded or loaded[0].id != result.image_id:
-            got = loaded[0].id if loaded else "nothing"
-            raise UserError(f"{name}: the engine loaded {got}, not the normalized "
-                            f"{result.image_id}")
+        results = write_normalized_all(client, todo, out, since)
+        say(f"{label}: loading {human_bytes(out.stat().st_size)} of normalized images")
+        loaded = load(client, out)
+        missing = [r.image_id for r in results.values() if r.image_id not in loaded]
+        if missing:
+            raise UserError(f"{label}: the engine did not load the normalized "
+                            f"{', '.join(missing)} (it loaded {', '.join(loaded) or 'nothing'})")
     except OSError as exc:
-        raise UserError(f"{name}: loading the normalized image failed ({exc})") from None
+        raise UserError(f"{label}: loading the normalized images failed ({exc})") from None
     finally:
         out.unlink(missing_ok=True)
-    _remember(raw_id, result.image_id)
-    seconds = time.monotonic() - started
-    say(f"{name}: normalized to {result.image_id[7:19]} in {seconds:.0f} s "
-        f"({human_bytes(result.size)})")
-    return Normalized(result.image_id, seconds, False, result)
+    shared = time.monotonic() - begun - sum(r.seconds for r in results.values())
+    written = {raw_id: sum(layer.written for layer in r.layers) for raw_id, r in results.items()}
+    total = sum(written.values())
+    for raw_id, result in results.items():
+        _remember(raw_id, result.image_id)
+        share = written[raw_id] / total if total else 1 / len(results)
+        done[raw_id] = Normalized(result.image_id, result.seconds + shared * share, False, result)
+        say(f"{todo[raw_id]}: normalized to {result.image_id[7:19]} "
+            f"({human_bytes(written[raw_id])} of layers written)")
+    say(f"{label}: normalized in {time.monotonic() - begun:.0f} s")
+    return {raw_id: done[raw_id] for raw_id in raws}

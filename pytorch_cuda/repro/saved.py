@@ -104,8 +104,10 @@ class SavedLayer:
 
 @dataclass(frozen=True)
 class SavedImage:
-    """The config and layers of the one image in a ``docker save`` archive."""
+    """The config and layers of an image in a ``docker save`` archive; ``image_id``
+    is the sha256 of its config as saved (the engine's ID of the image)."""
 
+    image_id: str
     config: dict
     layers: tuple[SavedLayer, ...]
 
@@ -156,27 +158,31 @@ def placeholder_path(chain_id: str) -> str:
     return PRESENT_DIR + chain_id.removeprefix("sha256:")
 
 
-def _oci_manifest(archive: _Archive) -> tuple[str, list[str]]:
-    """Config and layer paths from ``index.json`` (archives without manifest.json)."""
-    document = json.loads(archive.read("index.json"))
-    while "manifests" in document:
-        if len(document["manifests"]) != 1:
-            raise ValueError("the archive must hold exactly one image manifest")
-        document = json.loads(
-            archive.read(blob_path(document["manifests"][0]["digest"]))
-        )
-    layers = [blob_path(layer["digest"]) for layer in document["layers"]]
-    return blob_path(document["config"]["digest"]), layers
+def _oci_manifests(archive: _Archive) -> list[tuple[str, list[str]]]:
+    """Config and layer paths of each image in ``index.json`` (archives without manifest.json)."""
+    found: list[tuple[str, list[str]]] = []
+    pending = [json.loads(archive.read("index.json"))]
+    while pending:
+        document = pending.pop(0)
+        if "manifests" in document:
+            pending.extend(
+                json.loads(archive.read(blob_path(entry["digest"])))
+                for entry in document["manifests"]
+            )
+            continue
+        layers = [blob_path(layer["digest"]) for layer in document["layers"]]
+        found.append((blob_path(document["config"]["digest"]), layers))
+    return found
 
 
-def _image_paths(archive: _Archive) -> tuple[str, list[str]]:
-    """Config and layer paths: ``manifest.json`` (both engines), else OCI index."""
+def _image_paths(archive: _Archive) -> list[tuple[str, list[str]]]:
+    """Config and layer paths of each image: ``manifest.json`` (both engines), else OCI index."""
     if not archive.has("manifest.json"):
-        return _oci_manifest(archive)
-    entries = json.loads(archive.read("manifest.json"))
-    if len(entries) != 1:
-        raise ValueError(f"the archive holds {len(entries)} images; save one at a time")
-    return entries[0]["Config"], list(entries[0]["Layers"])
+        return _oci_manifests(archive)
+    return [
+        (entry["Config"], list(entry["Layers"]))
+        for entry in json.loads(archive.read("manifest.json"))
+    ]
 
 
 def _uncompressed(
@@ -218,10 +224,11 @@ def _source_fd(src: Source, scratch: Callable[[], Path], stack: ExitStack) -> in
 
 
 @contextmanager
-def open_saved_image(
+def open_saved_images(
     src: Source, scratch_dir: Path | None = None
-) -> Iterator[SavedImage]:
-    """Open a ``docker save`` archive (path or binary stream) for random access.
+) -> Iterator[list[SavedImage]]:
+    """Open a ``docker save`` archive of one or more images (path or binary
+    stream) for random access; a layer the images share is read once.
 
     Seekable files are read in place; a pipe is spooled and gzip layers are
     inflated into a temporary folder under ``scratch_dir``.
@@ -238,15 +245,39 @@ def open_saved_image(
             return temporary[0]
 
         archive = _Archive(_source_fd(src, scratch, stack))
-        config_path, layer_paths = _image_paths(archive)
-        config = json.loads(archive.read(config_path))
-        diff_ids = config["rootfs"]["diff_ids"]
-        if len(diff_ids) != len(layer_paths):
-            raise ValueError("config diff_ids and manifest layers disagree")
-        layers = tuple(
-            SavedLayer(index, diff_id, *_uncompressed(archive, path, scratch, stack))
-            for index, (diff_id, path) in enumerate(
-                zip(diff_ids, layer_paths, strict=True)
+        opened: dict[str, tuple[int, int, int]] = {}
+
+        def layer(path: str) -> tuple[int, int, int]:
+            key = _clean(archive.find(path).name)
+            if key not in opened:
+                opened[key] = _uncompressed(archive, path, scratch, stack)
+            return opened[key]
+
+        images = []
+        for config_path, layer_paths in _image_paths(archive):
+            raw = archive.read(config_path)
+            config = json.loads(raw)
+            diff_ids = config["rootfs"]["diff_ids"]
+            if len(diff_ids) != len(layer_paths):
+                raise ValueError("config diff_ids and manifest layers disagree")
+            layers = tuple(
+                SavedLayer(index, diff_id, *layer(path))
+                for index, (diff_id, path) in enumerate(
+                    zip(diff_ids, layer_paths, strict=True)
+                )
             )
-        )
-        yield SavedImage(config, layers)
+            images.append(
+                SavedImage("sha256:" + hashlib.sha256(raw).hexdigest(), config, layers)
+            )
+        yield images
+
+
+@contextmanager
+def open_saved_image(
+    src: Source, scratch_dir: Path | None = None
+) -> Iterator[SavedImage]:
+    """Open a ``docker save`` archive of exactly one image (see :func:`open_saved_images`)."""
+    with open_saved_images(src, scratch_dir) as images:
+        if len(images) != 1:
+            raise ValueError(f"the archive holds {len(images)} images; save one at a time")
+        yield images[0]

@@ -47,7 +47,7 @@ class ArchiveWriter:
     def __init__(self, file: BinaryIO, epoch: int) -> None:
         self._file, self._epoch, self._blobs = file, epoch, set[str]()
         self._last: tuple[int, str] | None = None
-        self._placeholders = False
+        self._placeholders: set[str] = set()
         self.buffer = memoryview(bytearray(CHUNK))
 
     def _header(
@@ -70,11 +70,13 @@ class ArchiveWriter:
         return digest in self._blobs
 
     def add_placeholder(self, chain_id: str) -> None:
-        """An empty file standing for a layer whose chain the engine has."""
+        """An empty file standing for a layer whose chain the engine has (once per chain)."""
+        if chain_id in self._placeholders:
+            return
         if not self._placeholders:
             self.add_dir(PRESENT_DIR.split("/")[0] + "/")
             self.add_dir(PRESENT_DIR)
-        self._placeholders = True
+        self._placeholders.add(chain_id)
         self.add_file(placeholder_path(chain_id), b"")
 
     def add_blob(

@@ -17,8 +17,8 @@ from pytorch_cuda.repro.layerdiff import FileDiff, diff_archives, diff_configs, 
 from pytorch_cuda.repro.chains import chain_ids, chains_of
 from pytorch_cuda.repro.config import canonical_json, rfc3339
 from pytorch_cuda.repro.layercache import LayerCache
-from pytorch_cuda.repro.normalize import normalize_archive
-from pytorch_cuda.repro.saved import open_saved_image
+from pytorch_cuda.repro.normalize import normalize_archive, normalize_images
+from pytorch_cuda.repro.saved import open_saved_image, open_saved_images
 from pytorch_cuda.repro.tarformat import tar_header
 
 EPOCH = 1_600_000_000
@@ -273,6 +273,68 @@ def layers_of(path: Path) -> list[list[tarfile.TarInfo]]:
 def layer_bytes(path: Path) -> list[bytes]:
     with open_saved_image(path) as image:
         return [io.BufferedReader(layer.window()).read() for layer in image.layers]
+
+
+def two_images(when: int, layout: str) -> tuple[bytes, list[tuple[list[bytes], bytes]]]:
+    """A `docker save` of two images sharing their first layer (as dev and prod do), and
+    each image's (layers, config)."""
+    shared = layer_tar(BASE, when)
+    images = []
+    for number, top in enumerate((APP, changed(APP, "opt/app.py", data=b"print('prod')\n"))):
+        layers = [shared, layer_tar(top, when + 100)]
+        images.append((layers, config_json(layers, rfc3339(when + number), f"{when + number:x}")))
+    if layout == "legacy":
+        files: dict[str, bytes] = {}
+        entries = []
+        for layers, config in images:
+            paths = [f"{hashlib.sha256(layer).hexdigest()}/layer.tar" for layer in layers]
+            files.update(dict(zip(paths, layers, strict=True)))
+            files[f"{sha(config)[7:]}.json"] = config
+            entries.append({"Config": f"{sha(config)[7:]}.json", "RepoTags": None,
+                            "Layers": paths})
+        files["manifest.json"] = json.dumps(entries).encode()
+        return outer_tar(files), images
+    blobs: dict[str, bytes] = {}
+    digests = []
+    for layers, config in images:
+        manifest = json.dumps({
+            "schemaVersion": 2, "config": {"digest": sha(config), "size": len(config)},
+            "layers": [{"digest": sha(layer), "size": len(layer)} for layer in layers],
+        }).encode()
+        for blob in (*layers, config, manifest):
+            blobs[f"blobs/sha256/{sha(blob)[7:]}"] = blob
+        digests.append({"digest": sha(manifest)})
+    index = json.dumps({"schemaVersion": 2, "manifests": digests}).encode()
+    return outer_tar({**blobs, "index.json": index}), images
+
+
+@pytest.mark.parametrize("layout", ["legacy", "oci"])
+def test_images_saved_together_normalize_as_alone(tmp_path: Path, layout: str) -> None:
+    data, images = two_images(1_700_000_000, layout)
+    (src := tmp_path / "both.tar").write_bytes(data)
+    together = normalize_images(src, tmp_path / "both.out", EPOCH)
+    alone = []
+    for number, (layers, config) in enumerate(images):
+        (one := tmp_path / f"{number}.tar").write_bytes(legacy_archive(layers, config))
+        alone.append(normalize_archive(one, tmp_path / f"{number}.out", EPOCH))
+    assert [r.image_id for r in together] == [r.image_id for r in alone]
+    assert [r.source_id for r in together] == [sha(config) for _, config in images]
+    assert together[0].diff_ids[0] == together[1].diff_ids[0]
+    assert together[1].layers[0].action == "repeated"
+    with tarfile.open(together[0].path) as out:
+        blobs = [m.name for m in out.getmembers() if m.name.startswith("blobs/sha256/")]
+    assert len(blobs) == len(set(blobs)) == 3 + 2  # shared + two tops, two configs
+    with open_saved_images(together[0].path) as loaded:
+        assert [image.image_id for image in loaded] == [r.image_id for r in alone]
+    assert layer_bytes(alone[0].path)[0] == layer_bytes(alone[1].path)[0]
+
+
+def test_one_image_function_refuses_an_archive_of_two(tmp_path: Path) -> None:
+    data, _ = two_images(1_700_000_000, "legacy")
+    (src := tmp_path / "both.tar").write_bytes(data)
+    with pytest.raises(ValueError, match="holds 2 images"):
+        normalize_archive(src, tmp_path / "out.tar", EPOCH)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["both.tar"]
 
 
 # --- reproducibility --------------------------------------------------------
