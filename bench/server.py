@@ -11,15 +11,16 @@ Then, side by side in the same image on a small conv model (`SCRIPT`, written
 by the image's own torch): ptserve without and with dynamic batching, and the
 hand-written alternative, a Flask app served by waitress (from the host's pip,
 mounted read-only: the prod image has no pip). Every target gets the same
-pre-encoded JSON requests from plain keep-alive HTTP clients; the in-process
-call of the model, timed inside the container, is the floor for the overhead.
+pre-encoded JSON requests from wrk (one thread, keep-alive connections, a Lua
+script that posts the body) for a fixed time per round: it takes far less of
+the shared CPUs than Python clients would. The in-process call of the model,
+timed inside the container, is the floor for the overhead.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import statistics
+import os
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pytorch_cuda.core.host import ensure_tool
 from pytorch_cuda.core.progress import human_bytes, say
 
 from . import startup
@@ -37,8 +39,29 @@ from .stats import percentile, summary
 
 WARMUP_REQUESTS = 200
 COMPARE_CLIENTS = 32
-SINGLE_CLIENT_REQUESTS = 300
+COMPARE_SECONDS = 10
+WARMUP_SECONDS = 2
+SINGLE_CLIENT_SECONDS = 5
 FLASK_PACKAGES = ("flask==3.1.2", "waitress==3.0.2")
+
+WRK_SCRIPT = """-- POST the body file named by the first script argument; print the figures as JSON.
+function init(args)
+  local f = assert(io.open(args[1], "rb"))
+  wrk.method = "POST"
+  wrk.body = f:read("*a")
+  wrk.headers["Content-Type"] = "application/json"
+  f:close()
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "us": %d, "p50_us": %d, "p99_us": %d, "non_2xx": %d, '
+    .. '"socket_errors": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
 
 SCRIPT = '''"""Bench helper run inside the prod image: write the conv models, time an
 in-process call, or serve the model with Flask (the hand-written alternative)."""
@@ -83,17 +106,21 @@ def models(out):
     print(json.dumps({"models": ["conv", "conv_batched"]}))
 
 
-def inprocess(path):
-    model = torch.jit.load(path).eval()
-    x = torch.randn([1] + SHAPE)
+def timed(model, batch, calls):
+    x = torch.randn([batch] + SHAPE)
     times = []
     with torch.inference_mode():
-        for turn in range(1100):
+        for turn in range(calls + calls // 10):
             start = time.perf_counter()
             model(x)
-            if turn >= 100:
+            if turn >= calls // 10:
                 times.append((time.perf_counter() - start) * 1000)
-    print(json.dumps({"median_ms": statistics.median(times)}))
+    return statistics.median(times)
+
+
+def inprocess(path):
+    model = torch.jit.load(path).eval()
+    print(json.dumps({"median_ms": timed(model, 1, 1000), "batch32_ms": timed(model, 32, 200)}))
 
 
 def flask(path):
@@ -223,7 +250,7 @@ def measure(session: Session, runs: int, requests: int, clients: int) -> dict:
     finally:
         session.remove(container)
     say(f"server RSS {human_bytes(rss_before)} before, {human_bytes(rss_after)} after")
-    comparison = compare(session, requests, runs)
+    comparison = compare(session, runs)
     return {
         "compare": comparison,
         "requests": requests, "clients": clients, "runs": runs,
@@ -249,41 +276,40 @@ def _bodies() -> dict[str, bytes]:
             "flask": json.dumps({"shape": shape, "data": values}).encode()}
 
 
-def http_load(port: int, path: str, body: bytes, requests: int, clients: int) -> dict:
-    """`requests` POSTs of `body` from `clients` keep-alive connections; req/s and p50."""
-    latencies: list[float] = []
-    errors: list[str] = []
-    lock = threading.Lock()
-    barrier = threading.Barrier(clients + 1)
-    headers = {"Content-Type": "application/json"}
+class Wrk:
+    """wrk on the host (installed when missing) with the bench's POST script."""
 
-    def worker(index: int) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        mine, failed = [], []
-        barrier.wait()
-        for _ in range(index, requests, clients):
-            start = time.perf_counter()
-            try:
-                connection.request("POST", path, body, headers)
-                response = connection.getresponse()
-                response.read()
-                if response.status == 200:
-                    mine.append((time.perf_counter() - start) * 1000)
-                else:
-                    failed.append(f"HTTP {response.status}")
-            except (OSError, http.client.HTTPException) as exc:
-                failed.append(str(exc))
-                connection.close()
-        connection.close()
-        with lock:
-            latencies.extend(mine)
-            errors.extend(failed)
+    def __init__(self, work: Path) -> None:
+        self.path = ensure_tool("wrk", "wrk")
+        version = subprocess.run([self.path, "-v"], capture_output=True, text=True, check=False)
+        self.version = " ".join(version.stdout.split()[:2]) or "wrk"
+        self.script = work / "post.lua"
+        self.script.write_text(WRK_SCRIPT)
+        self.work = work
 
-    elapsed = run_clients(worker, clients, barrier)
-    if not latencies:
-        raise BenchError(f"no request to {path} succeeded; first error: {errors[:1]}")
-    return {"req_per_s": len(latencies) / elapsed, "p50_ms": statistics.median(latencies),
-            "p99_ms": percentile(latencies, 99), "errors": len(errors)}
+    def load(self, port: int, path: str, body: bytes, seconds: int, clients: int) -> dict:
+        """POSTs of `body` for `seconds` over `clients` keep-alive connections; req/s, p50, p99."""
+        body_file = self.work / f"body-{len(body)}.json"
+        if not body_file.exists():
+            body_file.write_bytes(body)
+        cmd = [self.path, "-t1", f"-c{clients}", f"-d{seconds}s", "--timeout", "120s",
+               "-s", str(self.script), f"http://127.0.0.1:{port}{path}", "--", str(body_file)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              timeout=seconds + 300, env={**os.environ, "LC_ALL": "C"})
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-2:])
+            raise BenchError(f"wrk failed on {path}: {tail}")
+        got = json.loads(lines[-1])
+        errors = got["non_2xx"] + got["socket_errors"]
+        if got["requests"] <= errors:
+            raise BenchError(f"no request to {path} succeeded ({got['non_2xx']} non-2xx "
+                             f"answers, {got['socket_errors']} socket errors)")
+        return {"requests": got["requests"],
+                "req_per_s": (got["requests"] - errors) / (got["us"] / 1e6),
+                "p50_ms": got["p50_us"] / 1000, "p99_ms": got["p99_us"] / 1000,
+                "errors": errors, "non_2xx": got["non_2xx"],
+                "socket_errors": got["socket_errors"]}
 
 
 def _flask_site(session: Session) -> Path:
@@ -304,7 +330,7 @@ def _wait_http(session: Session, container, port: int, path: str, body: bytes) -
                      time.monotonic())
 
 
-def compare(session: Session, requests: int, runs: int) -> dict:
+def compare(session: Session, runs: int) -> dict:
     """ptserve unbatched, batched and a Flask app on one conv model, same image, same clients."""
     work = session.scratch("server-compare")
     (work / "serve_bench.py").write_text(SCRIPT)
@@ -318,9 +344,11 @@ def compare(session: Session, requests: int, runs: int) -> dict:
     models = {**scripts, str(repo): {"bind": "/models", "mode": "ro"}}
     out, _ = session.run(image, ["python", "/bench/serve_bench.py", "inprocess",
                                  "/models/conv/1/model.pt"], volumes=models)
-    inprocess_ms = json.loads(out)["median_ms"]
+    inprocess = json.loads(out)
+    inprocess_ms = inprocess["median_ms"]
     bodies = _bodies()
     site = _flask_site(session)
+    wrk = Wrk(work)
     results: dict[str, dict] = {}
 
     port = free_port()
@@ -329,12 +357,12 @@ def compare(session: Session, requests: int, runs: int) -> dict:
         _wait_http(session, container, port, "/v2/models/conv_batched/infer", bodies["kserve"])
         for name in ("conv", "conv_batched"):
             path = f"/v2/models/{name}/infer"
-            http_load(port, path, bodies["kserve"], WARMUP_REQUESTS, COMPARE_CLIENTS)
-            rounds = [http_load(port, path, bodies["kserve"], requests, COMPARE_CLIENTS)
+            wrk.load(port, path, bodies["kserve"], WARMUP_SECONDS, COMPARE_CLIENTS)
+            rounds = [wrk.load(port, path, bodies["kserve"], COMPARE_SECONDS, COMPARE_CLIENTS)
                       for _ in range(runs)]
             results[name] = _rounds(rounds)
-        single = http_load(port, "/v2/models/conv/infer", bodies["kserve"],
-                           SINGLE_CLIENT_REQUESTS, 1)
+        single = wrk.load(port, "/v2/models/conv/infer", bodies["kserve"],
+                          SINGLE_CLIENT_SECONDS, 1)
     finally:
         session.remove(container)
 
@@ -346,18 +374,20 @@ def compare(session: Session, requests: int, runs: int) -> dict:
         environment={"PYTHONPATH": "/site"})
     try:
         _wait_http(session, container, port, "/predict", bodies["flask"])
-        http_load(port, "/predict", bodies["flask"], WARMUP_REQUESTS, COMPARE_CLIENTS)
-        results["flask"] = _rounds([http_load(port, "/predict", bodies["flask"], requests,
-                                              COMPARE_CLIENTS) for _ in range(runs)])
-        flask_single = http_load(port, "/predict", bodies["flask"], SINGLE_CLIENT_REQUESTS, 1)
+        wrk.load(port, "/predict", bodies["flask"], WARMUP_SECONDS, COMPARE_CLIENTS)
+        results["flask"] = _rounds([wrk.load(port, "/predict", bodies["flask"], COMPARE_SECONDS,
+                                             COMPARE_CLIENTS) for _ in range(runs)])
+        flask_single = wrk.load(port, "/predict", bodies["flask"], SINGLE_CLIENT_SECONDS, 1)
     finally:
         session.remove(container)
 
     rate = {name: r["req_per_s"]["median"] for name, r in results.items()}
     figures = {
-        "clients": COMPARE_CLIENTS, "requests": requests, "runs": runs,
+        "clients": COMPARE_CLIENTS, "seconds": COMPARE_SECONDS, "runs": runs,
+        "client": f"{wrk.version} (one thread, Lua POST script)",
         "model": "SmallConv, 1x3x16x16 FP32, JSON", "targets": results,
-        "inprocess_ms": inprocess_ms,
+        "inprocess_ms": inprocess_ms, "inprocess_batch32_ms": inprocess["batch32_ms"],
+        "model_batch_gain": 32 * inprocess_ms / inprocess["batch32_ms"],
         "single_client_p50_ms": {"ptserve": single["p50_ms"], "flask": flask_single["p50_ms"]},
         "overhead_ms": {"ptserve": single["p50_ms"] - inprocess_ms,
                         "flask": flask_single["p50_ms"] - inprocess_ms},
@@ -373,7 +403,10 @@ def compare(session: Session, requests: int, runs: int) -> dict:
 
 
 def _rounds(rounds: list[dict]) -> dict:
-    return {"req_per_s": summary([r["req_per_s"] for r in rounds]),
+    return {"requests": sum(r["requests"] for r in rounds),
+            "req_per_s": summary([r["req_per_s"] for r in rounds]),
             "p50_ms": summary([r["p50_ms"] for r in rounds]),
             "p99_ms": summary([r["p99_ms"] for r in rounds]),
-            "errors": sum(r["errors"] for r in rounds)}
+            "errors": sum(r["errors"] for r in rounds),
+            "non_2xx": sum(r["non_2xx"] for r in rounds),
+            "socket_errors": sum(r["socket_errors"] for r in rounds)}

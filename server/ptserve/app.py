@@ -38,6 +38,11 @@ EXTENSIONS = ["binary_tensor_data", "model_repository"]
 PLATFORM = "pytorch_torchscript"
 NOT_READY = 400  # the protocol: 200 for ready, 4xx for not ready
 JSON_TYPES = ("application/json", "application/octet-stream")
+# Batched requests with bodies up to INLINE_BYTES are decoded on the event loop, and
+# answers of up to INLINE_VALUES output values encoded there: for small tensors the
+# hand-off to a worker thread costs more than the work.
+INLINE_BYTES = 64 * 1024
+INLINE_VALUES = 16 * 1024
 
 
 @dataclass
@@ -52,6 +57,9 @@ class ServerState:
     inflight: int = 0
     draining: bool = False
     batchers: dict[tuple[str, int], Batcher] = field(default_factory=dict)
+    _counted: dict[tuple[str, int], tuple[Any, Any]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def not_ready_reason(self) -> str:
         """Why ``/v2/health/ready`` fails, or "" when the server is ready."""
@@ -82,8 +90,13 @@ class ServerState:
 
     def count(self, model: str, status: int, seconds: float) -> None:
         """Record one answered request in the metrics."""
-        self.metrics.requests.labels(model, str(status)).inc()
-        self.metrics.request_seconds.labels(model).observe(seconds)
+        series = self._counted.get((model, status))
+        if series is None:
+            series = (self.metrics.requests.labels(model, str(status)),
+                      self.metrics.request_seconds.labels(model))
+            self._counted[(model, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -303,10 +316,15 @@ class Api:
             return await loop.run_in_executor(
                 state.executor, runtime.infer, model.name, config, version, body, header_length
             )
-        request, args = await loop.run_in_executor(
-            state.executor, runtime.prepare, config, body, header_length
-        )
+        if len(body) <= INLINE_BYTES:
+            request, args = runtime.prepare(config, body, header_length)
+        else:
+            request, args = await loop.run_in_executor(
+                state.executor, runtime.prepare, config, body, header_length
+            )
         results, seconds = await state.batcher(config, version).submit(args)
+        if sum(value.numel() for value in results.values()) <= INLINE_VALUES:
+            return runtime.encode(model.name, version, request, results, seconds)
         return await loop.run_in_executor(
             state.executor, runtime.encode, model.name, version, request, results, seconds
         )

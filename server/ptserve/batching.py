@@ -60,16 +60,20 @@ class Batcher:
         self._target = max(batching.preferred_batch_sizes, default=max_batch_size)
         self._observe_batch = observe_batch
         self._queue: list[_Pending] = []
-        self._arrived = asyncio.Event()
+        self._queued = 0  # the batch sizes of the queue's requests, summed
+        self._waiter: asyncio.Future[None] | None = None
+        self._wanted = 0  # the queued size that ends the batch loop's wait
         self._task: asyncio.Task[None] | None = None
 
     async def submit(self, args: list[torch.Tensor]) -> tuple[Outputs, float]:
         """This request's outputs and the batch's forward seconds, once its batch ran."""
         item = _Pending(args, asyncio.get_running_loop().create_future())
         self._queue.append(item)
-        self._arrived.set()
+        self._queued += item.size
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="ptserve-batcher")
+        elif self._queued >= self._wanted:
+            self._wake()
         return await item.future
 
     def close(self) -> None:
@@ -79,25 +83,34 @@ class Batcher:
         for item in self._queue:
             item.future.cancel()
 
-    def _queued(self) -> int:
-        return sum(item.size for item in self._queue)
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self, wanted: int, timeout: float | None = None) -> None:
+        """Until the queue holds a request and ``wanted`` in all, or ``timeout`` passed."""
+        if self._queue and self._queued >= wanted:
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter, self._wanted = loop.create_future(), wanted
+        timer = None if timeout is None else loop.call_later(timeout, self._wake)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _gather(self) -> None:
         """Wait for a full batch, or for the oldest request's delay to pass."""
-        deadline = self._queue[0].arrived + self._delay
-        while self._queued() < self._target:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
+        remaining = self._queue[0].arrived + self._delay - time.monotonic()
+        if remaining > 0:
+            await self._wait(self._target, remaining)
 
     def _take(self) -> list[_Pending]:
         """The next batch: queued requests matching the oldest one, up to max_batch_size."""
         self._queue = [item for item in self._queue if not item.future.done()]
+        self._queued = sum(item.size for item in self._queue)
         if not self._queue:
             return []
         key, total, batch, rest = self._queue[0].key, 0, [], []
@@ -108,28 +121,27 @@ class Batcher:
             else:
                 rest.append(item)
         self._queue = rest
+        self._queued -= total
         return batch
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            while self._queue:
-                await self._gather()
-                batch = self._take()
-                if not batch:
-                    break
-                self._observe_batch(sum(item.size for item in batch))
-                try:
-                    results, seconds = await loop.run_in_executor(
-                        self._executor, self._run, [item.args for item in batch]
-                    )
-                except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                for item, outputs in zip(batch, results, strict=True):
+            await self._wait(0)
+            await self._gather()
+            batch = self._take()
+            if not batch:
+                continue
+            self._observe_batch(sum(item.size for item in batch))
+            try:
+                results, seconds = await loop.run_in_executor(
+                    self._executor, self._run, [item.args for item in batch]
+                )
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
+                for item in batch:
                     if not item.future.done():
-                        item.future.set_result((outputs, seconds))
+                        item.future.set_exception(exc)
+                continue
+            for item, outputs in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result((outputs, seconds))

@@ -106,14 +106,18 @@ def _shape(raw: dict[str, Any], spec: TensorSpec) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _flatten(data: Any, name: str) -> list:
-    """Row-major values of flat or regularly nested ``data``; 400 if it is ragged."""
+def _flatten(data: Any, name: str) -> tuple[list, set[type]]:
+    """Row-major values of flat or regularly nested ``data``, and their Python types.
+
+    400 if ``data`` is not an array or is ragged.
+    """
     if not isinstance(data, list):
         raise _bad(f"input '{name}' 'data' must be a JSON array")
     level, depth = data, 0
-    while any(isinstance(value, list) for value in level):
+    types = set(map(type, level))
+    while list in types:
         depth += 1
-        if not all(isinstance(value, list) for value in level):
+        if len(types) > 1:
             raise _bad(f"input '{name}' 'data' is ragged: depth {depth} mixes arrays and values")
         lengths = sorted(set(map(len, level)))
         if len(lengths) > 1:
@@ -122,18 +126,23 @@ def _flatten(data: Any, name: str) -> list:
                 f"{lengths[0]} and {lengths[-1]} elements"
             )
         level = [value for row in level for value in row]
-    return level
+        types = set(map(type, level))
+    return level, types
 
 
-def _check_values(values: list, spec: TensorSpec) -> None:
+_ALLOWED_TYPES = {"float": {int, float}, "int": {int}, "bool": {bool}}
+_WANTED = {"float": "numbers", "int": "integers", "bool": "true/false"}
+
+
+def _check_values(values: list, types: set[type], spec: TensorSpec) -> None:
+    """400 unless every value (of the given ``types``) fits the input's datatype."""
     dt = spec.datatype
-    allowed = {"float": (int, float), "int": (int,), "bool": (bool,)}[dt.kind]
-    if not set(map(type, values)) <= set(allowed):
+    allowed = _ALLOWED_TYPES[dt.kind]
+    if not types <= allowed:
         index, value = next((i, v) for i, v in enumerate(values) if type(v) not in allowed)
-        wanted = {"float": "numbers", "int": "integers", "bool": "true/false"}[dt.kind]
         raise _bad(
             f"input '{spec.name}' element {index} is {_show(value)} "
-            f"({type(value).__name__}), but {dt.name} takes {wanted}"
+            f"({type(value).__name__}), but {dt.name} takes {_WANTED[dt.kind]}"
         )
     if dt.kind == "int" and values and (min(values) < dt.low or max(values) > dt.high):
         index, value = next(
@@ -196,12 +205,12 @@ def _input(
         return InputTensor(spec, shape, data), len(data)
     if "data" not in raw:
         raise _bad(f"input '{name}' has no 'data'")
-    values = _flatten(raw["data"], name)
+    values, types = _flatten(raw["data"], name)
     if len(values) != count:
         raise _bad(
             f"input '{name}' has {len(values)} values but shape {list(shape)} needs {count}"
         )
-    _check_values(values, spec)
+    _check_values(values, types, spec)
     return InputTensor(spec, shape, values), 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 import torch
 
@@ -32,6 +34,19 @@ WIRE_UNSIGNED: dict[str, np.dtype] = {
 }
 """Little-endian layouts of the widened unsigned types in binary tensor data."""
 
+ARRAY_CODES: dict[torch.dtype, str] = {
+    torch.bool: "B",
+    torch.uint8: "B",
+    torch.int8: "b",
+    torch.int16: "h",
+    torch.int32: "i",
+    torch.int64: "q",
+    torch.float32: "f",
+    torch.float64: "d",
+}
+"""``array`` typecodes with the layout of each dtype: JSON values are packed through
+them, several times faster than ``torch.tensor`` on a list (FP16 and BF16 take that)."""
+
 
 def _from_bytes(tensor: InputTensor, dtype: torch.dtype) -> torch.Tensor:
     spec = tensor.spec
@@ -50,11 +65,26 @@ def _from_bytes(tensor: InputTensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(values.astype(np.int64)).to(dtype)
 
 
+def _from_values(values: list, dtype: torch.dtype) -> torch.Tensor:
+    if not values:
+        return torch.empty(0, dtype=dtype)
+    code = ARRAY_CODES.get(dtype)
+    if code is None:
+        return torch.tensor(values, dtype=dtype)
+    return torch.frombuffer(array.array(code, values), dtype=dtype)
+
+
+def _all_finite(flat: torch.Tensor) -> bool:
+    if flat.dtype is torch.bfloat16:  # numpy has no bfloat16
+        return bool(torch.isfinite(flat).all())
+    return bool(np.isfinite(flat.numpy()).all())
+
+
 def to_torch(tensor: InputTensor, device: torch.device) -> torch.Tensor:
     """Build the input tensor on ``device``; 400 for values the dtype cannot hold.
 
     Floating-point inputs must be finite unless the config sets
-    ``allow_non_finite`` (values beyond FP16/BF16 range count as infinite).
+    ``allow_non_finite`` (values beyond FP16/BF16/FP32 range count as infinite).
     """
     spec = tensor.spec
     dtype = TORCH_DTYPES[spec.datatype.name]
@@ -62,20 +92,19 @@ def to_torch(tensor: InputTensor, device: torch.device) -> torch.Tensor:
         flat = _from_bytes(tensor, dtype)
     else:
         try:
-            flat = torch.tensor(tensor.data, dtype=dtype)
+            flat = _from_values(tensor.data, dtype)
         except (OverflowError, RuntimeError, TypeError) as exc:
             raise ApiError(
                 400, f"input '{spec.name}' has values that {spec.datatype.name} cannot hold: {exc}"
             ) from None
-    value = flat.reshape(tensor.shape)
     finite_only = spec.datatype.is_float and not spec.allow_non_finite
-    if finite_only and not bool(torch.isfinite(value).all()):
+    if finite_only and not _all_finite(flat):
         raise ApiError(
             400,
             f"input '{spec.name}' contains NaN or infinite values, "
             "which this model does not allow",
         )
-    return value.to(device)
+    return flat.reshape(tensor.shape).to(device)
 
 
 def from_torch(value: torch.Tensor, requested: RequestedOutput) -> OutputTensor:

@@ -24,13 +24,14 @@ tensors = importlib.import_module("ptserve.tensors")
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 CPU = torch.device("cpu")
-CONFIG = modelconfig.parse_config({
+CONFIG_RAW = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 8, 8]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]},
                 {"name": "n", "datatype": "INT64", "shape": [-1]}],
     "max_batch_size": 16,
     "dynamic_batching": {"max_queue_delay_microseconds": 20000},
-})
+}
+CONFIG = modelconfig.parse_config(CONFIG_RAW)
 
 
 class Conv(torch.nn.Module):
@@ -99,6 +100,37 @@ def test_different_trailing_shapes_never_share_a_batch():
     results = run_concurrently(version, inputs, sizes)
     assert sorted(sizes) == [1, 3]
     assert [r[0]["y"].shape[0] for r in results] == [1, 1, 2]
+
+
+def test_a_request_of_batch_size_zero_is_answered():
+    sizes: list[int] = []
+    results = run_concurrently(version_of(Conv()), [torch.randn(0, 3, 8, 8)], sizes)
+    assert sizes == [0] and results[0][0]["y"].shape == (0, 4)
+
+
+def test_a_full_batch_leaves_before_the_queue_delay():
+    config = modelconfig.parse_config({
+        **{key: CONFIG_RAW[key] for key in ("inputs", "outputs")},
+        "max_batch_size": 4,
+        "dynamic_batching": {"max_queue_delay_microseconds": 60_000_000,
+                             "preferred_batch_size": [4]},
+    })
+    rt, version, sizes = runtime.Runtime(CPU), version_of(Conv()), []
+
+    async def main() -> list:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = batching.Batcher(
+                lambda batch: rt.forward_batch("m", config, version, batch),
+                pool, config.max_batch_size, config.dynamic_batching, sizes.append,
+            )
+            try:
+                return await asyncio.wait_for(
+                    asyncio.gather(*(batcher.submit([torch.randn(2, 3, 8, 8)])
+                                     for _ in range(4))), 30)
+            finally:
+                batcher.close()
+
+    assert len(asyncio.run(main())) == 4 and sizes == [4, 4]
 
 
 def test_unsplittable_outputs_fail_every_request_of_the_batch():

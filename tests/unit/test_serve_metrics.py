@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import importlib
@@ -153,3 +154,33 @@ def test_json_log_lines():
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", first["ts"])
     assert second["event"] == "log" and second["message"] == "plain text"
     assert second["logger"] == "aiohttp.server" and second["level"] == "warning"
+
+
+def test_line_handler_writes_a_loops_lines_together():
+    writes: list[str] = []
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    handler = logs.LineHandler(Stream())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("ptserve.test_line_handler")
+    logger.addHandler(handler)
+    logger.propagate = False
+
+    async def burst() -> int:
+        for n in range(3):
+            logger.warning("line %d", n)
+        pending = len(writes)
+        await asyncio.sleep(0)
+        return pending
+
+    try:
+        logger.warning("before")
+        assert asyncio.run(burst()) == 1
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+    assert writes == ["before\n", "line 0\nline 1\nline 2\n", "after\n"]
