@@ -360,8 +360,11 @@ METHOD = """\
   the dev build's images as its cache (`cache_from`), as a first `make image`
   on a new machine; then both are normalized together as `make image` does
   (one save and one load, so their shared heavy layers are copied once; each
-  image's figure is its share, by the bytes it added). The naive Dockerfile is
-  built with `nocache` on the same base and not normalized. Python wheels come from the network each time, so the
+  image's figure is its share, by the bytes it added). A normalized layer the
+  engine already holds (the tagged images of the same commit) is not loaded
+  again, so this is the cold build of a machine that built the commit before;
+  on a fresh machine every layer is loaded (time `make image` there). The naive
+  Dockerfile is built with `nocache` on the same base and not normalized. Python wheels come from the network each time, so the
   index's speed is part of both figures.
 - **No-op rebuild**: the same context again, cache on, then normalization
   (which reuses an earlier result for the same raw build). **Dev-only change**: a

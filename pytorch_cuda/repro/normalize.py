@@ -101,8 +101,8 @@ class LayerResult:
 
     @property
     def written(self) -> int:
-        """Bytes of this layer written to the archive (0 for a placeholder)."""
-        return 0 if self.action == "present" else self.size
+        """Bytes of this layer written to the archive (0 for a placeholder or a repeat)."""
+        return 0 if self.action in ("present", "repeated") else self.size
 
     @property
     def path(self) -> str:

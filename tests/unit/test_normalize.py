@@ -321,6 +321,7 @@ def test_images_saved_together_normalize_as_alone(tmp_path: Path, layout: str) -
     assert [r.source_id for r in together] == [sha(config) for _, config in images]
     assert together[0].diff_ids[0] == together[1].diff_ids[0]
     assert together[1].layers[0].action == "repeated"
+    assert together[1].layers[0].written == 0 < together[0].layers[0].written
     with tarfile.open(together[0].path) as out:
         blobs = [m.name for m in out.getmembers() if m.name.startswith("blobs/sha256/")]
     assert len(blobs) == len(set(blobs)) == 3 + 2  # shared + two tops, two configs
