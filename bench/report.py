@@ -300,13 +300,14 @@ def _server(data: dict) -> list[str]:
               f"- Server RSS: {human_bytes(s['rss_before_bytes'])} when ready, "
               f"{human_bytes(s['rss_after_bytes'])} after all rounds "
               f"({'+' if grew >= 0 else '-'}{human_bytes(abs(grew))}).", ""]
-    return lines + _server_compare(s.get("compare"))
+    compares = s.get("compare") or []
+    for c in [compares] if isinstance(compares, dict) else compares:
+        lines += _server_compare(c)
+    return lines
 
 
-def _server_compare(c: dict | None) -> list[str]:
+def _server_compare(c: dict) -> list[str]:
     """ptserve with and without dynamic batching against a Flask app, one model, one image."""
-    if not c:
-        return []
     names = {"conv": "ptserve", "conv_batched": "ptserve, dynamic batching",
              "flask": "Flask + waitress (hand-written)"}
     rows = [[names[key], f"{t['req_per_s']['median']:.0f}",
@@ -315,7 +316,7 @@ def _server_compare(c: dict | None) -> list[str]:
              f"{t['non_2xx']} / {t['socket_errors']}"]
             for key, t in c["targets"].items()]
     overhead = c["overhead_ms"]
-    return ["### ptserve against the alternatives", "",
+    return [f"### ptserve against the alternatives: {c['model'].split(',')[1].strip()}", "",
             f"{c['model']}: {c['runs']} rounds of {c['seconds']} s per server, each from "
             f"{c['clients']} keep-alive connections of {c['client']}, same image:", "",
             *_table(["server", "requests/s", "min-max", "p50", "p99", "non-2xx / socket errors"],

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,23 +78,23 @@ SHAPE = [3, 16, 16]
 
 
 class SmallConv(torch.nn.Module):
-    """3x16x16 images to 10 scores: a stem and 10 thin 3x3 conv layers (6k weights)."""
+    """3x16x16 images to 10 scores: a stem and `depth` 3x3 conv layers of `width` channels."""
 
-    def __init__(self):
+    def __init__(self, width, depth):
         super().__init__()
-        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.stem = torch.nn.Conv2d(3, width, 3, padding=1)
         self.body = torch.nn.Sequential(*[
-            torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU())
-            for _ in range(10)])
-        self.head = torch.nn.Linear(8, 10)
+            torch.nn.Sequential(torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU())
+            for _ in range(depth)])
+        self.head = torch.nn.Linear(width, 10)
 
     def forward(self, x):
         return self.head(self.body(torch.relu(self.stem(x))).mean(dim=(2, 3)))
 
 
-def models(out):
+def models(out, width, depth):
     torch.manual_seed(0)
-    module = torch.jit.script(SmallConv().eval())
+    module = torch.jit.script(SmallConv(width, depth).eval())
     io = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1] + SHAPE}],
           "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 10]}]}
     batched = {**io, "max_batch_size": 32,
@@ -142,7 +143,8 @@ def flask(path):
 
 
 if __name__ == "__main__":
-    {"models": lambda: models(Path(sys.argv[2])), "inprocess": lambda: inprocess(sys.argv[2]),
+    {"models": lambda: models(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])),
+     "inprocess": lambda: inprocess(sys.argv[2]),
      "flask": lambda: flask(sys.argv[2])}[sys.argv[1]]()
 '''
 
@@ -250,9 +252,9 @@ def measure(session: Session, runs: int, requests: int, clients: int) -> dict:
     finally:
         session.remove(container)
     say(f"server RSS {human_bytes(rss_before)} before, {human_bytes(rss_after)} after")
-    comparison = compare(session, runs)
+    comparisons = [compare(session, runs, model) for model in COMPARE_MODELS]
     return {
-        "compare": comparison,
+        "compare": comparisons,
         "requests": requests, "clients": clients, "runs": runs,
         "warmup_requests": WARMUP_REQUESTS, "gpu": bool(session.gpu_kwargs()),
         "req_per_s": summary([r["req_per_s"] for r in rounds]),
@@ -330,16 +332,35 @@ def _wait_http(session: Session, container, port: int, path: str, body: bytes) -
                      time.monotonic())
 
 
-def compare(session: Session, runs: int) -> dict:
+@dataclass(frozen=True)
+class ConvModel:
+    """A `SmallConv` of the bench script: `depth` 3x3 conv layers of `width` channels."""
+
+    width: int
+    depth: int
+
+    @property
+    def title(self) -> str:
+        return (f"SmallConv, {self.depth} 3x3 conv layers of {self.width} channels, "
+                "1x3x16x16 FP32, JSON")
+
+
+COMPARE_MODELS = (ConvModel(8, 10), ConvModel(16, 16))
+"""A light model (the HTTP and JSON work of a request dominates) and a heavier one
+(the model dominates); both small, both batch well."""
+
+
+def compare(session: Session, runs: int, model: ConvModel) -> dict:
     """ptserve unbatched, batched and a Flask app on one conv model, same image, same clients."""
-    work = session.scratch("server-compare")
+    work = session.scratch(f"server-compare-{model.width}x{model.depth}")
     (work / "serve_bench.py").write_text(SCRIPT)
     repo = work / "models"
     repo.mkdir()
     repo.chmod(0o777)
     image = session.prod.ref()
     scripts = {str(work): {"bind": "/bench", "mode": "ro"}}
-    session.run(image, ["python", "/bench/serve_bench.py", "models", "/bench/models"],
+    session.run(image, ["python", "/bench/serve_bench.py", "models", "/bench/models",
+                        str(model.width), str(model.depth)],
                 volumes={str(work): {"bind": "/bench", "mode": "rw"}})
     models = {**scripts, str(repo): {"bind": "/models", "mode": "ro"}}
     out, _ = session.run(image, ["python", "/bench/serve_bench.py", "inprocess",
@@ -385,7 +406,7 @@ def compare(session: Session, runs: int) -> dict:
     figures = {
         "clients": COMPARE_CLIENTS, "seconds": COMPARE_SECONDS, "runs": runs,
         "client": f"{wrk.version} (one thread, Lua POST script)",
-        "model": "SmallConv, 1x3x16x16 FP32, JSON", "targets": results,
+        "model": model.title, "targets": results,
         "inprocess_ms": inprocess_ms, "inprocess_batch32_ms": inprocess["batch32_ms"],
         "model_batch_gain": 32 * inprocess_ms / inprocess["batch32_ms"],
         "single_client_p50_ms": {"ptserve": single["p50_ms"], "flask": flask_single["p50_ms"]},
@@ -395,7 +416,7 @@ def compare(session: Session, runs: int) -> dict:
         "vs_flask": rate["conv_batched"] / rate["flask"],
         "unbatched_vs_flask": rate["conv"] / rate["flask"],
     }
-    say(f"conv model, {COMPARE_CLIENTS} clients: ptserve {rate['conv']:.0f} req/s, batched "
+    say(f"{model.title}, {COMPARE_CLIENTS} clients: ptserve {rate['conv']:.0f} req/s, batched "
         f"{rate['conv_batched']:.0f} req/s ({figures['batching_speedup']:.2f}x), Flask "
         f"{rate['flask']:.0f} req/s; 1 client: +{figures['overhead_ms']['ptserve']:.2f} ms "
         f"over an in-process call ({inprocess_ms:.2f} ms)")
