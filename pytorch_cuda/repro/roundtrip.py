@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -66,11 +66,11 @@ def _exists(client: docker.DockerClient, image_id: str) -> bool:
         return False
 
 
-def save(client: docker.DockerClient, image_ids: str | Sequence[str], path: Path) -> None:
-    """`docker save` one image, or several into one archive (a layer they share is in it once)."""
+def save(client: docker.DockerClient, image_ids: Sequence[str], path: Path) -> None:
+    """`docker save` images into one archive (a layer they share is in it once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(image_ids, str):
-        chunks = client.api.get_image(image_ids, chunk_size=8 << 20)
+    if len(image_ids) == 1:
+        chunks = client.api.get_image(image_ids[0], chunk_size=8 << 20)
     else:  # the engine's save of several images; the SDK's get_image takes one
         response = client.api._get(client.api._url("/images/get"),
                                    params={"names": list(image_ids)}, stream=True)
@@ -119,7 +119,7 @@ def write_normalized_all(client: docker.DockerClient, raws: Mapping[str, str], o
     raw = WORK / f"{next(iter(raws))[7:19]}.raw.tar"
     try:
         say(f"{label}: saving the raw build{'s' if len(raws) > 1 else ''} for normalization")
-        save(client, next(iter(raws)) if len(raws) == 1 else list(raws), raw)
+        save(client, list(raws), raw)
         say(f"{label}: normalizing layers and config (SOURCE_DATE_EPOCH={epoch})")
         results = normalize_images(raw, out, epoch, LAYER_CACHE, present_chains=_present(client),
                                    mtime=since)

@@ -88,7 +88,7 @@ def verify(client: docker.DockerClient, images: list[Image], twice: bool,
                         print(f"  layer {i}: {diff_id}")
                 else:
                     archive_a = roundtrip.WORK / f"verify-reference-{image.variant}.tar"
-                    roundtrip.save(client, id_a, archive_a)
+                    roundtrip.save(client, [id_a], archive_a)
                     print(f"{image.name}: NOT reproducible: {id_a} != {id_b}")
                     print(format_diff(diff_archives(archive_a, archive_b),
                                       diff_configs(archive_a, archive_b)))
