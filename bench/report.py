@@ -340,7 +340,17 @@ def _batch_bound(c: dict) -> str:
             f"{c['inprocess_batch32_ms'] / 32:.3f} ms per item against {c['inprocess_ms']:.3f} ms "
             f"for one, so batching makes the model at most {times(c['model_batch_gain'])} cheaper "
             "per request; the HTTP and JSON work per request is the same either way, so the "
-            "end-to-end gain stays below that.")
+            "end-to-end gain stays below that." + _one_thread_bound(c))
+
+
+def _one_thread_bound(c: dict) -> str:
+    """The same on one thread: the CPU a request costs when every CPU is busy."""
+    if "model_batch_gain_one_thread" not in c:
+        return ""
+    return (f" On one thread (each server worker's share of the CPUs), the model takes "
+            f"{c['one_thread_ms']:.3f} ms for one and {c['one_thread_batch32_ms'] / 32:.3f} ms "
+            f"per item in a batch of 32: {times(c['model_batch_gain_one_thread'])} less CPU per "
+            "request, the most batching can gain once the CPUs are saturated.")
 
 
 METHOD = """\

@@ -121,7 +121,10 @@ def timed(model, batch, calls):
 
 def inprocess(path):
     model = torch.jit.load(path).eval()
-    print(json.dumps({"median_ms": timed(model, 1, 1000), "batch32_ms": timed(model, 32, 200)}))
+    figures = {"median_ms": timed(model, 1, 1000), "batch32_ms": timed(model, 32, 200)}
+    torch.set_num_threads(1)  # as each of the server's two workers runs on a 2-CPU host
+    figures.update(one_thread_ms=timed(model, 1, 1000), one_thread_batch32_ms=timed(model, 32, 200))
+    print(json.dumps(figures))
 
 
 def flask(path):
@@ -409,6 +412,10 @@ def compare(session: Session, runs: int, model: ConvModel) -> dict:
         "model": model.title, "targets": results,
         "inprocess_ms": inprocess_ms, "inprocess_batch32_ms": inprocess["batch32_ms"],
         "model_batch_gain": 32 * inprocess_ms / inprocess["batch32_ms"],
+        "one_thread_ms": inprocess["one_thread_ms"],
+        "one_thread_batch32_ms": inprocess["one_thread_batch32_ms"],
+        "model_batch_gain_one_thread":
+            32 * inprocess["one_thread_ms"] / inprocess["one_thread_batch32_ms"],
         "single_client_p50_ms": {"ptserve": single["p50_ms"], "flask": flask_single["p50_ms"]},
         "overhead_ms": {"ptserve": single["p50_ms"] - inprocess_ms,
                         "flask": flask_single["p50_ms"] - inprocess_ms},
