@@ -155,31 +155,6 @@ class NormalizeResult:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class Scanned:
-    """What reading a layer's headers (and, unless canonical, its data) tells:
-    its canonical plan, entry count, whether it already is canonical, and the
-    diff_id of its canonical form (None when canonical: its own diff_id)."""
-
-    plan: LayerPlan
-    entries: int
-    canonical: bool
-    digest: str | None
-
-
-ScanKey = tuple[int, int]
-"""Where a layer tar lies in the saved archive: (offset, size)."""
-
-
-def scan_layer(layer: SavedLayer, epoch: int, mtime: MtimeMode, buffer: memoryview) -> Scanned:
-    """Plan a layer's canonical form and find its diff_id, without writing it."""
-    members = layer.members()
-    plan = plan_layer(members, epoch, mtime)
-    if _is_canonical(layer, plan):
-        return Scanned(plan, len(members), True, None)
-    return Scanned(plan, len(members), False, _hash_plan(plan, layer, buffer))
-
-
 @dataclass
 class _Run:
     """State shared by the layers of one normalization."""
@@ -192,7 +167,6 @@ class _Run:
     kept: dict[str, Path]
     present: frozenset[str] = frozenset()
     done: dict[str, LayerResult] = field(default_factory=dict)
-    scanned: Mapping[ScanKey, Scanned] = field(default_factory=dict)
 
 
 def _copy_blob(run: _Run, fd: int, offset: int, size: int, expected: str) -> bool:
@@ -322,15 +296,18 @@ def _normalize_layer(
     start = time.monotonic()
     first = done.get(layer.diff_id)
     known = _known(run, layer, first)
-    scanned = run.scanned.get((layer.offset, layer.size))
+    parsed: tuple[LayerPlan, int] | None = None
+    canonical = False
     if known is None and run.present and (parent is None or parent in run.present):
         # The chain may be present (an engine holds the parents of its chains):
         # find the normalized diff_id from the headers (a canonical layer is
         # its own normalized form), else by hashing the canonical tar unwritten.
-        if scanned is None:
-            scanned = scan_layer(layer, run.epoch, run.mtime, run.out.buffer)
-        known = scanned.digest or layer.diff_id, scanned.plan.size
-    parsed = None if scanned is None else (scanned.plan, scanned.entries)
+        parsed = _parse(run, layer)
+        canonical = _is_canonical(layer, parsed[0])
+        if canonical:
+            known = layer.diff_id, layer.size
+        else:
+            known = _hash_plan(parsed[0], layer, run.out.buffer), parsed[0].size
     if known is not None:
         chain = chain_id(parent, known[0])
         if chain in run.present:
@@ -342,7 +319,6 @@ def _normalize_layer(
             return replace(
                 first, index=layer.index, chain_id=chain, action="repeated", seconds=0.0
             )
-    canonical = scanned is not None and scanned.canonical
     outcome = _write_layer(run, layer, parsed, canonical)
     return _finish(run, layer, chain_id(parent, outcome[1]), outcome, start, done)
 
@@ -419,7 +395,6 @@ def _normalize(
     cache_keep_bytes: int,
     present_chains: Collection[str],
     single: tuple[Sequence[str], Mapping[str, str] | None] | None,
-    scanned: Mapping[ScanKey, Scanned],
 ) -> tuple[NormalizeResult, ...]:
     """Normalize the images of ``src`` into one archive ``dst``; ``single`` (tags,
     labels) requires exactly one image and applies to it."""
@@ -444,7 +419,6 @@ def _normalize(
             {},
             {},
             frozenset(present_chains),
-            scanned=scanned,
         )
         stack.callback(_discard, run.kept)
         run.out.add_dir("blobs/")
@@ -488,7 +462,7 @@ def normalize_archive(
     The output is written beside ``dst`` and renamed into place when complete.
     """
     (result,) = _normalize(src, dst, epoch, cache_dir, mtime, cache_keep_bytes,
-                           present_chains, (tags, labels), {})
+                           present_chains, (tags, labels))
     return result
 
 
@@ -501,16 +475,13 @@ def normalize_images(
     mtime: MtimeMode = "clamp",
     cache_keep_bytes: int = 0,
     present_chains: Collection[str] = (),
-    scanned: Mapping[ScanKey, Scanned] | None = None,
 ) -> tuple[NormalizeResult, ...]:
     """Normalize every image of a ``docker save`` archive of several into one archive.
 
     The options are those of :func:`normalize_archive`. A layer the images share
     (dev and prod share their heavy layers) is read, rewritten and written once,
-    so saving and loading the images together costs one copy of it. ``scanned``
-    holds layers of the archive ``src`` (a path) already scanned with the same
-    ``epoch`` and ``mtime`` (see ``prescan``), by where they lie in it. The results
+    so saving and loading the images together costs one copy of it. The results
     follow the archive's order; ``seconds`` is each image's own share of the work.
     """
     return _normalize(src, dst, epoch, cache_dir, mtime, cache_keep_bytes,
-                      present_chains, None, scanned or {})
+                      present_chains, None)

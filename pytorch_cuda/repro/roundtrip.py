@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,6 @@ from pytorch_cuda.core.progress import human_bytes, say
 from pytorch_cuda.matrix import Cell
 from pytorch_cuda.repro.chains import chains_of
 from pytorch_cuda.repro.normalize import NormalizeResult, normalize_images
-from pytorch_cuda.repro.prescan import SaveScanner
 
 WORK = STATE / "normalize"
 LAYER_CACHE = STATE / "normalize-cache"
@@ -67,10 +66,8 @@ def _exists(client: docker.DockerClient, image_id: str) -> bool:
         return False
 
 
-def save(client: docker.DockerClient, image_ids: Sequence[str], path: Path,
-         written: Callable[[int], object] = lambda size: None) -> None:
-    """`docker save` images into one archive (a layer they share is in it once); `written`
-    hears how many bytes the file holds after each chunk."""
+def save(client: docker.DockerClient, image_ids: Sequence[str], path: Path) -> None:
+    """`docker save` images into one archive (a layer they share is in it once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if len(image_ids) == 1:
         chunks = client.api.get_image(image_ids[0], chunk_size=8 << 20)
@@ -81,8 +78,6 @@ def save(client: docker.DockerClient, image_ids: Sequence[str], path: Path,
     with path.open("wb") as out:
         for chunk in chunks:
             out.write(chunk)
-            out.flush()
-            written(out.tell())
 
 
 def load(client: docker.DockerClient, path: Path) -> set[str]:
@@ -123,14 +118,11 @@ def write_normalized_all(client: docker.DockerClient, raws: Mapping[str, str], o
     WORK.mkdir(parents=True, exist_ok=True)
     raw = WORK / f"{next(iter(raws))[7:19]}.raw.tar"
     try:
-        say(f"{label}: saving the raw build{'s' if len(raws) > 1 else ''} for normalization "
-            "(layers are scanned as they arrive)")
-        raw.touch()
-        with SaveScanner(raw, epoch, since) as scanner:
-            save(client, list(raws), raw, scanner.grow)
+        say(f"{label}: saving the raw build{'s' if len(raws) > 1 else ''} for normalization")
+        save(client, list(raws), raw)
         say(f"{label}: normalizing layers and config (SOURCE_DATE_EPOCH={epoch})")
         results = normalize_images(raw, out, epoch, LAYER_CACHE, present_chains=_present(client),
-                                   mtime=since, scanned=scanner.results)
+                                   mtime=since)
     except OSError as exc:
         raise UserError(f"{label}: normalization failed ({exc}); is there room in {WORK}?") from None
     finally:

@@ -23,7 +23,7 @@ CHUNK = 8 << 20
 PRESENT_DIR = "present/sha256/"
 
 
-class Window(io.RawIOBase):
+class _Window(io.RawIOBase):
     """A read-only, seekable view of ``size`` bytes of ``fd`` from ``base``."""
 
     def __init__(self, fd: int, base: int, size: int) -> None:
@@ -82,9 +82,9 @@ class SavedLayer:
     offset: int
     size: int
 
-    def window(self) -> Window:
+    def window(self) -> _Window:
         """A seekable file object over the layer tar."""
-        return Window(self.fd, self.offset, self.size)
+        return _Window(self.fd, self.offset, self.size)
 
     def members(self) -> list[tarfile.TarInfo]:
         """The tar entries; their ``offset_data`` is relative to the layer."""
@@ -118,7 +118,7 @@ class _Archive:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         size = os.fstat(fd).st_size
-        with tarfile.open(fileobj=Window(fd, 0, size), mode="r:") as tar:
+        with tarfile.open(fileobj=_Window(fd, 0, size), mode="r:") as tar:
             self._members = {_clean(m.name): m for m in tar.getmembers()}
 
     def has(self, name: str) -> bool:
@@ -195,7 +195,7 @@ def _uncompressed(
         raise ValueError(f"layer {path} is zstd-compressed, which is not supported")
     if not magic.startswith(b"\x1f\x8b"):
         return archive.fd, member.offset_data, member.size
-    window = Window(archive.fd, member.offset_data, member.size)
+    window = _Window(archive.fd, member.offset_data, member.size)
     with gzip.GzipFile(fileobj=window, mode="rb") as inflated:
         fd = _scratch_copy(inflated, scratch(), stack)
     return fd, 0, os.fstat(fd).st_size
