@@ -300,8 +300,7 @@ def _server(data: dict) -> list[str]:
               f"- Server RSS: {human_bytes(s['rss_before_bytes'])} when ready, "
               f"{human_bytes(s['rss_after_bytes'])} after all rounds "
               f"({'+' if grew >= 0 else '-'}{human_bytes(abs(grew))}).", ""]
-    compares = s.get("compare") or []
-    for c in [compares] if isinstance(compares, dict) else compares:
+    for c in s["compare"]:
         lines += _server_compare(c)
     return lines
 
@@ -333,24 +332,17 @@ def _server_compare(c: dict) -> list[str]:
 
 
 def _batch_bound(c: dict) -> str:
-    """What batching can gain at most: the model's own per-item saving at batch 32."""
-    if "model_batch_gain" not in c:
-        return ""
+    """What batching can gain at most: the model's own per-item saving at batch 32, with the
+    threads a lone call gets and on one thread (a worker's share of busy CPUs)."""
     return (f" The model alone, in-process: a batch of 32 takes {c['inprocess_batch32_ms']:.2f} ms, "
             f"{c['inprocess_batch32_ms'] / 32:.3f} ms per item against {c['inprocess_ms']:.3f} ms "
             f"for one, so batching makes the model at most {times(c['model_batch_gain'])} cheaper "
             "per request; the HTTP and JSON work per request is the same either way, so the "
-            "end-to-end gain stays below that." + _one_thread_bound(c))
-
-
-def _one_thread_bound(c: dict) -> str:
-    """The same on one thread: the CPU a request costs when every CPU is busy."""
-    if "model_batch_gain_one_thread" not in c:
-        return ""
-    return (f" On one thread (each server worker's share of the CPUs), the model takes "
-            f"{c['one_thread_ms']:.3f} ms for one and {c['one_thread_batch32_ms'] / 32:.3f} ms "
-            f"per item in a batch of 32: {times(c['model_batch_gain_one_thread'])} less CPU per "
-            "request, the most batching can gain once the CPUs are saturated.")
+            "end-to-end gain stays below that. On one thread (each server worker's share of the "
+            f"CPUs), the model takes {c['one_thread_ms']:.3f} ms for one and "
+            f"{c['one_thread_batch32_ms'] / 32:.3f} ms per item in a batch of 32: "
+            f"{times(c['model_batch_gain_one_thread'])} less CPU per request, the most batching "
+            "can gain once the CPUs are saturated.")
 
 
 METHOD = """\

@@ -69,12 +69,10 @@ def _exists(client: docker.DockerClient, image_id: str) -> bool:
 def save(client: docker.DockerClient, image_ids: Sequence[str], path: Path) -> None:
     """`docker save` images into one archive (a layer they share is in it once)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if len(image_ids) == 1:
-        chunks = client.api.get_image(image_ids[0], chunk_size=8 << 20)
-    else:  # the engine's save of several images; the SDK's get_image takes one
-        response = client.api._get(client.api._url("/images/get"),
-                                   params={"names": list(image_ids)}, stream=True)
-        chunks = client.api._stream_raw_result(response, 8 << 20, False)
+    # The engine's save of one or several images; the SDK's get_image takes only one.
+    response = client.api._get(client.api._url("/images/get"),
+                               params={"names": list(image_ids)}, stream=True)
+    chunks = client.api._stream_raw_result(response, 8 << 20, False)
     with path.open("wb") as out:
         for chunk in chunks:
             out.write(chunk)
