@@ -64,6 +64,7 @@ class Built:
     output: BuildOutput = field(default_factory=BuildOutput)  # steps, cache hits, downloads
     own_cache: bool = False  # cache hits can only be images this run made (cache_from)
     normalize_seconds: float = 0.0
+    normalize_saved: bool = False  # normalization saved the raw build (its layers were not all known)
     final_id: str = ""  # the normalized image where the project normalizes, else image_id
 
     @property
@@ -119,6 +120,7 @@ def normalize(session: Session, *builds: Built) -> None:
                                    roundtrip.since_of(session.cell))
     for built in builds:
         built.normalize_seconds = done[built.image_id].seconds
+        built.normalize_saved = done[built.image_id].saved
         built.final_id = done[built.image_id].image_id
         session.track_image(built.final_id)
 
@@ -240,6 +242,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         "python_download_lines": sum(len(b.output.python_downloads) for b in changes),
         "python_download_examples": [x for b in changes for x in b.output.python_downloads][:10],
         "apt_fetches": changes[-1].output.apt_fetches,
+        "normalize_saved": changes[-1].normalize_saved,
     }
 
     naive_ctx, naive_text = naive_context(session, ca)
@@ -273,6 +276,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         "reproduces_tagged": {
             variant: built.final_id == session.image_id(cell.image(variant).ref())
             for variant, built in (("dev", cold[-1][0]), ("prod", cold[-1][1]))},
+        "normalize_saved": {"dev": cold[-1][0].normalize_saved, "prod": cold[-1][1].normalize_saved},
     }
     result["naive"] = {"seconds": summary([b.seconds for b in naive]), "dockerfile": naive_text}
     result["ratio_cold_vs_naive"] = ratio(result["cold"]["total_s"]["median"],

@@ -174,6 +174,16 @@ def _split(figure: dict, normalizes: bool) -> str:
             f"{minutes(figure['normalize_s'])}; ")
 
 
+def _saved(saved: dict | bool | None) -> str:
+    """Which builds normalization had to save (the others had only known layers: no save)."""
+    if saved is None:
+        return ""
+    if isinstance(saved, bool):
+        return "; normalized " + ("with a save" if saved else "without a save (all layers known)")
+    return "; normalized " + ", ".join(
+        f"{variant} {'with a save' if was else 'without a save'}" for variant, was in saved.items())
+
+
 def _build(data: dict) -> list[str]:
     b = data.get("build")
     if not b:
@@ -191,7 +201,8 @@ def _build(data: dict) -> list[str]:
          _split(cold, norm) + f"dev {minutes(cold['dev']['seconds'])}, prod "
          f"{minutes(cold['prod']['seconds'])} ({cold['prod_cached_steps']}/{cold['prod_steps']} "
          f"steps from the dev build); same image IDs as the tagged ones: dev "
-         f"{'yes' if same['dev'] else 'no'}, prod {'yes' if same['prod'] else 'no'}"],
+         f"{'yes' if same['dev'] else 'no'}, prod {'yes' if same['prod'] else 'no'}"
+         + _saved(cold.get("normalize_saved"))],
         ["naive single-stage Dockerfile, no cache, same base", minutes(naive["seconds"]),
          "`pip install torch` into a venv (below); not normalized"],
     ]
@@ -203,7 +214,7 @@ def _build(data: dict) -> list[str]:
     rows.append(["dev rebuild after a dev-only change", minutes(change["seconds"]),
                  _split(change, norm) + f"{change['rebuilt_steps']}/{change['steps']} steps "
                  f"rebuilt; pip download lines: {change['python_download_lines']}; apt "
-                 f"fetches: {change['apt_fetches']}"])
+                 f"fetches: {change['apt_fetches']}" + _saved(change.get("normalize_saved"))])
     lines += _table(["build", "time", "detail"], rows)
     lines += [f"- Cold project build / naive build: {times(b['ratio_cold_vs_naive'])}"
               + (f" ({times(b['ratio_cold_build_only_vs_naive'])} without normalization)"

@@ -41,6 +41,7 @@ def ensure_base(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors
     inputs = {
         "suite": cell.os.suite, "variant": cell.os.bootstrap_variant, "include": INCLUDE,
         "dpkg": DPKG_OPTS, "sources": mirrors.sources(cell.os.suite or ""), "epoch": epoch,
+        "volatile": names.VOLATILE_FILES,
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     try:
@@ -78,6 +79,8 @@ def _bootstrap(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors,
                "--format=tar", f"--include={','.join(INCLUDE)}",
                *(f"--dpkgopt={o}" for o in DPKG_OPTS),
                "--aptopt=Acquire::Languages \"none\"",
+               "--customize-hook=cd \"$1\" && rm -rf " + " ".join(
+                   path.lstrip("/") for path in names.VOLATILE_FILES),
                str(cell.os.suite), str(rootfs), *mirrors.sources(cell.os.suite or "")]
         say(f"bootstrapping {ref} from the Debian archive ({cell.os.suite}, mmdebstrap)")
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}

@@ -26,7 +26,7 @@ from pytorch_cuda.lock import debian, locking
 from pytorch_cuda.matrix import Cell, Image
 from pytorch_cuda.repro import roundtrip
 
-LEAVE_OUT_MARK = "leave-out: "  # how templates/files/build/leave-out reports a failed check
+LEAVE_OUT_MARK = "leave-out: "  # how templates/files/build/leave-out reports a failed check (only that)
 APT_GONE_RE = re.compile(r"Version '([^']+)' for '([^']+)' was not found")
 
 

@@ -12,7 +12,16 @@ if TYPE_CHECKING:
 LABEL_PREFIX = "io.pytorch-cuda"
 CA_CONTEXT_PATH = (STATE / "ca-bundle.crt").relative_to(ROOT).as_posix()
 CA_BUILD_PATH = "/tmp/build-ca.crt"
-ASIDE_PATH = "/opt/venv-extra"  # what prod leaves out, kept aside in the builder for dev
+EXPORT_DIR = "/export"
+"""Where builder stages lay out what a final stage copies: EXPORT_DIR/<part>/ is a tree rooted at /
+(copied with `COPY --from=STAGE EXPORT_DIR/<part>/ /`, which gives the same layer every build)."""
+VOLATILE_FILES = (
+    "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/var/lib/apt/lists/*_*",
+    "/var/cache/apt/*.bin", "/var/log/apt", "/var/log/dpkg.log", "/var/log/alternatives.log",
+    "/var/cache/ldconfig/aux-cache", "/var/cache/debconf/*-old", "/var/lib/dpkg/*-old",
+)
+"""Backups, caches and logs that package tools write: no image keeps them, and the base has none,
+so no build step deletes a file of a lower layer (a whiteout carries the time it was made)."""
 DOCKERFILE = "Dockerfile"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -16,9 +16,24 @@ from pytorch_cuda.core.paths import IMAGES, ROOT, TEMPLATES
 from pytorch_cuda.lock import locking
 from pytorch_cuda.matrix import Image, Matrix
 
-APT_CLEANUP = ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log "
-               "/var/log/alternatives.log /var/cache/ldconfig/aux-cache /var/cache/debconf/*-old "
-               "/var/lib/dpkg/*-old /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow-")
+APT_CLEANUP = ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -rf "
+               + " ".join(names.VOLATILE_FILES))
+
+PRIVATE_MOUNTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
+                  "/etc/mtab", "/.dockerenv")
+"""What the engine mounts or adds in a build container (its init layer): never part of a layer, so
+never touched (touching one would copy it into the step's layer)."""
+
+
+def settle_mtimes(since: int | None) -> str:
+    """What ends every RUN: whatever the step made or changed (newer than the base's epoch) gets
+    that epoch as its mtime, so two builds of the step give the same layer ('' without a bootstrap
+    epoch, for a pulled base)."""
+    if not since:
+        return ""
+    skip = " -o ".join(f"-path {path}" for path in PRIVATE_MOUNTS)
+    return (f" \\\n && find / -xdev \\( {skip} \\) -prune"
+            f" -o -newermt @{since} -exec touch -h -d @{since} {{}} +")
 
 
 def _environment() -> jinja2.Environment:
@@ -90,7 +105,8 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "user": matrix.raw["project"]["user"],
         "leave_out": " ".join(shlex.quote(f"dist:{r['dist']}" if "dist" in r else f"path:{r['path']}")
                               for r in matrix.leave_out()),
-        "aside": names.ASIDE_PATH,
+        "export": names.EXPORT_DIR,
+        "settle": settle_mtimes(cell.os.bootstrap_epoch),
         "ports": matrix.raw["variants"][image.variant]["ports"],
     }
     missing = [n for g in ("runtime_apt", "builder_apt", "variant_apt")

@@ -18,6 +18,7 @@ from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.paths import STATE
 from pytorch_cuda.core.progress import human_bytes, say
 from pytorch_cuda.matrix import Cell
+from pytorch_cuda.repro import known
 from pytorch_cuda.repro.chains import chains_of
 from pytorch_cuda.repro.normalize import NormalizeResult, normalize_images
 
@@ -35,6 +36,7 @@ class Normalized:
     seconds: float
     reused: bool
     result: NormalizeResult | None = None
+    saved: bool = True  # False: reused, or made without a save (every layer known)
 
 
 def since_of(cell: Cell) -> int:
@@ -131,6 +133,36 @@ def write_normalized_all(client: docker.DockerClient, raws: Mapping[str, str], o
     return by_raw
 
 
+def _normalize_known(client: docker.DockerClient, raws: Mapping[str, str],
+                     since: int) -> dict[str, Normalized]:
+    """The normalized twins of those raw builds whose every layer was normalized before and is
+    present, loaded without saving anything (see `known`); the others are left out."""
+    if not raws:
+        return {}
+    begun = time.monotonic()
+    WORK.mkdir(parents=True, exist_ok=True)
+    out = WORK / f"{next(iter(raws))[7:19]}.known.tar"
+    try:
+        results = known.write_known(client, raws, out, gitinfo.source_date_epoch(), since,
+                                    LAYER_CACHE, _present(client), STATE)
+        loaded = load(client, out) if results else set()
+    except OSError as exc:
+        raise UserError(f"{' and '.join(raws.values())}: loading the normalized images failed "
+                        f"({exc})") from None
+    finally:
+        out.unlink(missing_ok=True)
+    done: dict[str, Normalized] = {}
+    for raw_id, result in results.items():
+        if result.image_id not in loaded:
+            continue  # the full normalization below makes it
+        _remember(raw_id, result.image_id)
+        seconds = (time.monotonic() - begun) / len(results)
+        done[raw_id] = Normalized(result.image_id, seconds, False, result, saved=False)
+        say(f"{raws[raw_id]}: normalized to {result.image_id[7:19]} without a save "
+            f"(all {len(result.layers)} layers known, {seconds:.1f} s)")
+    return done
+
+
 def normalize(client: docker.DockerClient, raw_id: str, name: str, since: int) -> Normalized:
     """The normalized twin of a raw build, loaded (reused when normalized before)."""
     return normalize_all(client, {raw_id: name}, since)[raw_id]
@@ -146,13 +178,15 @@ def normalize_all(client: docker.DockerClient, raws: Mapping[str, str],
     started = time.monotonic()
     done: dict[str, Normalized] = {}
     for raw_id, name in raws.items():
-        known = _mapping().get(raw_id)
-        if known and _exists(client, known):
-            say(f"{name}: normalized before ({known[7:19]})")
-            done[raw_id] = Normalized(known, time.monotonic() - started, True)
+        earlier = _mapping().get(raw_id)
+        if earlier and _exists(client, earlier):
+            say(f"{name}: normalized before ({earlier[7:19]})")
+            done[raw_id] = Normalized(earlier, time.monotonic() - started, True, saved=False)
     todo = {raw_id: name for raw_id, name in raws.items() if raw_id not in done}
+    done.update(_normalize_known(client, todo, since))
+    todo = {raw_id: name for raw_id, name in todo.items() if raw_id not in done}
     if not todo:
-        return done
+        return {raw_id: done[raw_id] for raw_id in raws}
     begun = time.monotonic()
     label = " and ".join(todo.values())
     out = WORK / f"{next(iter(todo))[7:19]}.tar"
@@ -168,6 +202,7 @@ def normalize_all(client: docker.DockerClient, raws: Mapping[str, str],
         raise UserError(f"{label}: loading the normalized images failed ({exc})") from None
     finally:
         out.unlink(missing_ok=True)
+    known.check(client, STATE, results, gitinfo.source_date_epoch())
     shared = time.monotonic() - begun - sum(r.seconds for r in results.values())
     written = {raw_id: sum(layer.written for layer in r.layers) for raw_id, r in results.items()}
     total = sum(written.values())

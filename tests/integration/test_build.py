@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
 import sys
 
-
+from pytorch_cuda.core import gitinfo, names
+from pytorch_cuda.repro import known
 
 from .conftest import (CHECK_ENV, CHECK_MOUNTS, checks_command, clone_project, failing_build,
                        tag_targets, write_expect)
@@ -70,3 +72,14 @@ def test_an_apt_pin_the_mirror_never_had_stops_before_building(prod_image, clien
     assert "using the live Debian mirror" in proc.stderr  # said once, before anything else
     assert "step 1/" not in proc.stderr
     assert tag_targets(client, prod_image) == before
+
+
+def test_the_config_rebuilt_without_a_save_is_the_normalized_one(any_image, client):
+    """The raw build kept as build cache, read through inspect and history only, normalizes to
+    the tagged image's config byte for byte: what lets a rebuild of known layers skip the save."""
+    raw = client.images.get(f"{names.cache_repository(any_image.cell)}:{names.cache_tag(any_image)}")
+    tagged = client.images.get(any_image.ref())
+    config = known.normalized_config(client, raw.id, tagged.attrs["RootFS"]["Layers"],
+                                     gitinfo.source_date_epoch())
+    assert config is not None
+    assert "sha256:" + hashlib.sha256(config).hexdigest() == tagged.id

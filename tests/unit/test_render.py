@@ -79,3 +79,37 @@ def test_recovery_after_a_cut_swap(tmp_path: Path):
     target.rename(tmp_path / ".images.old")  # the swap stopped between its two renames
     dockerfiles._recover(target)
     assert (target / "a/Dockerfile").read_text() == "old\n"
+
+
+def _runs_and_copies(text: str) -> tuple[list[str], list[str]]:
+    """The RUN instructions (continuation lines joined) and the COPY lines of a Dockerfile."""
+    lines = text.replace("\\\n", " ").splitlines()
+    return ([line for line in lines if line.startswith("RUN ")],
+            [line for line in lines if line.startswith("COPY ")])
+
+
+@pytest.mark.parametrize("variant", ["dev", "prod"])
+def test_every_step_gives_the_same_layer_every_build(variant: str):
+    matrix = load_matrix(VERSIONS)
+    cell = matrix.default_cell
+    text = dockerfiles.render_tree(matrix)[f"{cell.id}/{variant}/Dockerfile"]
+    runs, copies = _runs_and_copies(text)
+    since = cell.os.bootstrap_epoch
+    settle = f"-prune -o -newermt @{since} -exec touch -h -d @{since} {{}} +"
+    assert runs and all(run.endswith(settle) for run in runs)
+    final = text.split("AS runtime\n", 1)[1]
+    for line in _runs_and_copies(final)[1]:
+        source = line.split()[-2]
+        # builder output arrives as a tree rooted at /, so no folder gets the time of the copy
+        assert line.endswith(" /") and source.endswith("/"), line
+        if "--from=" in line:
+            assert source.startswith("/export/"), line
+    assert len(copies) > len(_runs_and_copies(final)[1])
+
+
+def test_no_settling_without_a_bootstrap_epoch():
+    assert dockerfiles.settle_mtimes(None) == ""
+    assert dockerfiles.settle_mtimes(0) == ""
+    command = dockerfiles.settle_mtimes(1_700_000_000)
+    for private in dockerfiles.PRIVATE_MOUNTS:
+        assert f"-path {private} " in command
