@@ -3,11 +3,15 @@ engine answers with the shapes engine 20.10 gives)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tarfile
 
 import docker.errors
 
 from pytorch_cuda.repro import known
+from pytorch_cuda.repro.chains import chain_ids
+from pytorch_cuda.repro.layercache import LayerCache
 from pytorch_cuda.repro.config import normalize_config
 
 BASE = "sha256:" + "b" * 64
@@ -92,3 +96,54 @@ def test_the_rebuilt_config_normalizes_like_the_saved_one():
     rebuilt = known.normalized_config(FakeClient(api), "sha256:top", ["sha256:n1"], 7)
     assert rebuilt == normalize_config(saved, ["sha256:n1"], 7)
     assert json.loads(rebuilt)["created"] == "1970-01-01T00:00:07Z"
+
+
+def test_a_mismatch_turns_the_save_free_path_off(tmp_path, monkeypatch):
+    """A full normalization whose config differs from the rebuilt one leaves a marker (what
+    differed) and from then on every build is saved and normalized in full."""
+    images = {"sha256:top": ["sha256:l1"], BASE: ["sha256:l1"]}
+    steps = [_item(BASE, "base", 10), _item("sha256:top", "ENV A=1", 0)]
+    client = _client(images, steps)
+    client.version = lambda: {"Version": "test"}  # type: ignore[attr-defined]
+    monkeypatch.setattr(known, "say", lambda message: None)
+    written = known.normalized_config(client, "sha256:top", ["sha256:n1"], 7)
+    assert written is not None
+    result = type("Result", (), {"diff_ids": ("sha256:n1",), "config": written})()
+    known.check(client, tmp_path, {"sha256:top": result}, 7)
+    assert not list(tmp_path.iterdir())
+    known.check(client, tmp_path, {"sha256:top": type(
+        "Result", (), {"diff_ids": ("sha256:n1",), "config": written + b" "})()}, 7)
+    marker = json.loads((tmp_path / "known-config-mismatch.json").read_text())
+    assert marker["engine"] == "test" and marker["raw"] == "sha256:top"
+    assert known.write_known(client, {"sha256:top": "x"}, tmp_path / "out.tar", 7, 0,
+                             tmp_path / "cache", set(), tmp_path) == {}
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_known_layers_give_an_archive_of_placeholders_and_the_config(tmp_path):
+    """Every raw layer in the cache and every normalized chain present: one small archive with
+    an empty placeholder per layer and the rebuilt config; a layer not in the cache: nothing."""
+    images = {"sha256:top": ["sha256:r1", "sha256:r2"], BASE: ["sha256:r1"]}
+    steps = [_item(BASE, "base", 10), _item("sha256:top", "RUN x", 5)]
+    client = _client(images, steps)
+    cache = LayerCache(tmp_path / "cache")
+    cache.record({LayerCache.key("sha256:r1", 7, 0): ("sha256:n1", 10),
+                  LayerCache.key("sha256:r2", 7, 0): ("sha256:n2", 20)}, {})
+    chains = chain_ids(["sha256:n1", "sha256:n2"])
+    out = tmp_path / "known.tar"
+    assert known.write_known(client, {"sha256:top": "x"}, out, 7, 0, tmp_path / "cache",
+                             set(chains[:1]), tmp_path) == {}  # a chain the engine lacks
+    (result,) = known.write_known(client, {"sha256:top": "x"}, out, 7, 0, tmp_path / "cache",
+                                  set(chains), tmp_path).values()
+    assert result.diff_ids == ("sha256:n1", "sha256:n2")
+    assert [layer.action for layer in result.layers] == ["present", "present"]
+    with tarfile.open(out) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+        config = tar.extractfile(manifest[0]["Config"]).read()
+        assert all(tar.getmember(path).size == 0 for path in manifest[0]["Layers"])
+    assert config == result.config
+    assert manifest[0]["Config"].endswith(hashlib.sha256(config).hexdigest())
+    assert json.loads(config)["rootfs"]["diff_ids"] == ["sha256:n1", "sha256:n2"]
+    other = {"sha256:top": ["sha256:r1", "sha256:r3"], BASE: ["sha256:r1"]}
+    assert known.write_known(_client(other, steps), {"sha256:top": "x"}, out, 7, 0,
+                             tmp_path / "cache", set(chains), tmp_path) == {}
