@@ -91,8 +91,8 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "variant_apt": matrix.apt_packages(cell.os, image.variant),
         "apt_cleanup": APT_CLEANUP,
         "venv_cleanup": "rm -rf /tmp/locks",
-        "user_cleanup": ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow "
-                         "&& rm -f /etc/passwd- /etc/group- /etc/shadow- /etc/gshadow-"),
+        "user_cleanup": ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -f "
+                         + " ".join(p for p in names.VOLATILE_FILES if p.startswith("/etc/"))),
         "ca_context_path": names.CA_CONTEXT_PATH,
         "ca_path": names.CA_BUILD_PATH,
         "path_runtime": names.path_env("/opt/venv"),

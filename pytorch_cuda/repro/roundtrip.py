@@ -133,7 +133,7 @@ def write_normalized_all(client: docker.DockerClient, raws: Mapping[str, str], o
     return by_raw
 
 
-def _normalize_known(client: docker.DockerClient, raws: Mapping[str, str],
+def _normalize_known(client: docker.DockerClient, raws: Mapping[str, str], epoch: int,
                      since: int) -> dict[str, Normalized]:
     """The normalized twins of those raw builds whose every layer was normalized before and is
     present, loaded without saving anything (see `known`); the others are left out."""
@@ -143,8 +143,8 @@ def _normalize_known(client: docker.DockerClient, raws: Mapping[str, str],
     WORK.mkdir(parents=True, exist_ok=True)
     out = WORK / f"{next(iter(raws))[7:19]}.known.tar"
     try:
-        results = known.write_known(client, raws, out, gitinfo.source_date_epoch(), since,
-                                    LAYER_CACHE, _present(client), STATE)
+        results = known.write_known(client, raws, out, epoch, since, LAYER_CACHE,
+                                    _present(client), STATE)
         loaded = load(client, out) if results else set()
     except OSError as exc:
         raise UserError(f"{' and '.join(raws.values())}: loading the normalized images failed "
@@ -183,7 +183,8 @@ def normalize_all(client: docker.DockerClient, raws: Mapping[str, str],
             say(f"{name}: normalized before ({earlier[7:19]})")
             done[raw_id] = Normalized(earlier, time.monotonic() - started, True, saved=False)
     todo = {raw_id: name for raw_id, name in raws.items() if raw_id not in done}
-    done.update(_normalize_known(client, todo, since))
+    epoch = gitinfo.source_date_epoch()
+    done.update(_normalize_known(client, todo, epoch, since))
     todo = {raw_id: name for raw_id, name in todo.items() if raw_id not in done}
     if not todo:
         return {raw_id: done[raw_id] for raw_id in raws}
@@ -202,7 +203,7 @@ def normalize_all(client: docker.DockerClient, raws: Mapping[str, str],
         raise UserError(f"{label}: loading the normalized images failed ({exc})") from None
     finally:
         out.unlink(missing_ok=True)
-    known.check(client, STATE, results, gitinfo.source_date_epoch())
+    known.check(client, STATE, results, epoch)
     shared = time.monotonic() - begun - sum(r.seconds for r in results.values())
     written = {raw_id: sum(layer.written for layer in r.layers) for raw_id, r in results.items()}
     total = sum(written.values())
