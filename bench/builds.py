@@ -1,13 +1,14 @@
 """Build time: cold builds of the default cell against a naive Dockerfile, and rebuilds.
 
-* cold: dev with no build cache at all (the base image is kept), then prod with
-  only what the dev build just made as its cache (`cache_from`), as a first
-  `make image` on a fresh machine would; versus a naive single-stage
+* cold: the cell's wheels downloaded into an empty wheelhouse, dev with no build
+  cache at all (the base image is kept), then prod with only what the dev build
+  just made as its cache (`cache_from`), as a first `make image` on a fresh
+  machine would; versus a naive single-stage
   Dockerfile (below) on the same base, also with no cache. Runs alternate.
 * no-op: dev and prod again from the unchanged context, cache on.
 * dev-only change: dev with one LABEL added at the top of its final stage,
   so every step of that stage runs again; the build output is searched for
-  pip's "Collecting"/"Downloading" lines (no Python package may come again).
+  pip's "Downloading" lines from an index (no Python package may come again).
 
 Every image is tagged under the bench repository and removed at the end, with
 every intermediate image these builds created; the project's own tags and
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytorch_cuda.build import buildenv, builder
+from pytorch_cuda.build import buildenv, builder, wheelhouse
 from pytorch_cuda.build.stream import BuildOutput
 from pytorch_cuda.core import names
 from pytorch_cuda.core.paths import STATE
@@ -186,13 +187,6 @@ def _check_disk(session: Session) -> None:
             say(f"warning: {session.notes[-1]}")
 
 
-def _project_context(session: Session) -> tuple[bytes, bytes, str]:
-    """(context tar, CA bundle bytes, base image ID) exactly as `build.py build` makes them."""
-    options = builder.BuildOptions()
-    with builder.prepared(session.client, session.cell, options) as (path, base_id):
-        context = path.read_bytes()
-    ca = buildenv.ca_bundle(options.ca_cert)
-    return context, ca.read_bytes() if ca else b"", base_id
 
 
 def _times(built: list[Built]) -> dict:
@@ -205,11 +199,22 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
     """No-op and dev-only rebuilds, then cold project builds alternating with naive ones."""
     cell = session.cell
     _check_disk(session)
-    context, ca, base_id = _project_context(session)
-    args = buildenv.build_args(cell)
-    labels = {img.variant: builder.build_labels(img, base_id) for img in (session.dev, session.prod)}
+    options = builder.BuildOptions()
+    ca = buildenv.ca_bundle(options.ca_cert)
+    args = buildenv.build_args()
     result: dict = {"runs": runs, "build_runs": build_runs, "normalizes": NORMALIZES}
+    with builder.prepared(session.client, cell, options) as (path, base_id):
+        context = path.read_bytes()
+        labels = {img.variant: builder.build_labels(img, base_id) for img in (session.dev, session.prod)}
+        _rebuilds(session, result, context, args, labels, runs, build_runs)
+    result.update(_cold(session, context, ca.read_bytes() if ca else b"", args, labels, build_runs))
+    return result
 
+
+def _rebuilds(session: Session, result: dict, context: bytes, args: dict[str, str],
+              labels: dict[str, dict[str, str]], runs: int, build_runs: int) -> None:
+    """No-op rebuilds of both variants and rebuilds of dev after a dev-only change."""
+    cell = session.cell
     noop: dict[str, list[Built]] = {"dev": [], "prod": []}
     for turn in range(runs):
         for variant in rotated(["dev", "prod"], turn):
@@ -245,8 +250,15 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         "normalize_saved": changes[-1].normalize_saved,
     }
 
+
+def _cold(session: Session, context: bytes, ca: bytes, args: dict[str, str],
+          labels: dict[str, dict[str, str]], build_runs: int) -> dict:
+    """Cold project builds (from an empty wheelhouse) alternating with naive builds."""
+    cell = session.cell
+    result: dict = {}
     naive_ctx, naive_text = naive_context(session, ca)
     cold: list[tuple[Built, Built]] = []
+    wheels_s: list[float] = []
     naive: list[Built] = []
     for turn in range(build_runs):
         last = turn == build_runs - 1
@@ -258,17 +270,24 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
                 if not last:
                     discard(session, [got])
                 continue
-            dev = build(session, context, names.dockerfile_path(session.dev), f"cold-dev-{turn}",
-                        nocache=True, buildargs=args, labels=labels["dev"])
-            prod = build(session, context, names.dockerfile_path(session.prod), f"cold-prod-{turn}",
-                         nocache=False, buildargs=args, labels=labels["prod"],
-                         cache_from=dev.output.created)
+            with tempfile.TemporaryDirectory(dir=STATE, prefix="bench-wheelhouse-") as tmp:
+                started = time.monotonic()
+                wheelhouse.fill(cell, buildenv.ca_bundle(None), Path(tmp))
+                wheels_s.append(time.monotonic() - started)
+                with wheelhouse.serving(session.client, Path(tmp)):
+                    dev = build(session, context, names.dockerfile_path(session.dev),
+                                f"cold-dev-{turn}", nocache=True, buildargs=args,
+                                labels=labels["dev"])
+                    prod = build(session, context, names.dockerfile_path(session.prod),
+                                 f"cold-prod-{turn}", nocache=False, buildargs=args,
+                                 labels=labels["prod"], cache_from=dev.output.created)
             normalize(session, dev, prod)
             cold.append((dev, prod))
             discard(session, [prod, dev])
-    totals = [d.total_seconds + p.total_seconds for d, p in cold]
+    totals = [w + d.total_seconds + p.total_seconds for w, (d, p) in zip(wheels_s, cold, strict=True)]
     result["cold"] = {
         "total_s": summary(totals),
+        "wheels_s": summary(wheels_s),
         "build_s": summary([d.seconds + p.seconds for d, p in cold]),
         "normalize_s": summary([d.normalize_seconds + p.normalize_seconds for d, p in cold]),
         "dev": _times([d for d, _ in cold]), "prod": _times([p for _, p in cold]),

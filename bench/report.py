@@ -197,8 +197,10 @@ def _build(data: dict) -> list[str]:
              + ("; project builds include normalization, as `make image` does" if norm else "")
              + ".", ""]
     rows = [
-        ["cold default cell: dev + prod, no build cache, base cached", minutes(cold["total_s"]),
-         _split(cold, norm) + f"dev {minutes(cold['dev']['seconds'])}, prod "
+        ["cold default cell: dev + prod, no build cache, empty wheelhouse, base cached",
+         minutes(cold["total_s"]),
+         (f"wheels downloaded {seconds(cold['wheels_s'])} + " if "wheels_s" in cold else "")
+         + _split(cold, norm) + f"dev {minutes(cold['dev']['seconds'])}, prod "
          f"{minutes(cold['prod']['seconds'])} ({cold['prod_cached_steps']}/{cold['prod_steps']} "
          f"steps from the dev build); same image IDs as the tagged ones: dev "
          f"{'yes' if same['dev'] else 'no'}, prod {'yes' if same['prod'] else 'no'}"
@@ -213,7 +215,7 @@ def _build(data: dict) -> list[str]:
                      f"image ID as the tagged one: {'yes' if n['same_image_as_tagged'] else 'no'}"])
     rows.append(["dev rebuild after a dev-only change", minutes(change["seconds"]),
                  _split(change, norm) + f"{change['rebuilt_steps']}/{change['steps']} steps "
-                 f"rebuilt; pip download lines: {change['python_download_lines']}; apt "
+                 f"rebuilt; pip downloads from an index: {change['python_download_lines']}; apt "
                  f"fetches: {change['apt_fetches']}" + _saved(change.get("normalize_saved"))])
     lines += _table(["build", "time", "detail"], rows)
     lines += [f"- Cold project build / naive build: {times(b['ratio_cold_vs_naive'])}"
@@ -370,7 +372,8 @@ METHOD = """\
   `import torch`, scripting and running a small model maps (`/proc/self/maps`)
   or imports (`sys.modules`) inside the prod image, plus loaded files the base
   lacks. Files that only load on a GPU count only where a GPU is visible.
-- **Cold build**: dev with `nocache` (the base image stays), then prod with only
+- **Cold build**: the cell's locked wheels downloaded on the host into an empty
+  wheelhouse, dev with `nocache` (the base image stays), then prod with only
   the dev build's images as its cache (`cache_from`), as a first `make image`
   on a new machine; then both are normalized together as `make image` does
   (one save and one load, so their shared heavy layers are copied once; each
@@ -378,13 +381,14 @@ METHOD = """\
   engine already holds (the tagged images of the same commit) is not loaded
   again, so this is the cold build of a machine that built the commit before;
   on a fresh machine every layer is loaded (time `make image` there). The naive
-  Dockerfile is built with `nocache` on the same base and not normalized. Python wheels come from the network each time, so the
-  index's speed is part of both figures.
+  Dockerfile is built with `nocache` on the same base and not normalized. Python
+  wheels come from the network each time (the project's through the empty
+  wheelhouse), so the index's speed is part of both figures.
 - **No-op rebuild**: the same context again, cache on, then normalization
   (which reuses an earlier result for the same raw build). **Dev-only change**: a
   `LABEL` inserted after `FROM runtime AS dev` (in a copy of the context),
   so every step of the dev stage runs again; pip's output is searched for
-  `Collecting`/`Downloading`.
+  `Downloading` from an index (the host's wheelhouse does not count).
 - **Startup**: from the container create call until the server answers an
   inference with 200 (polled every 10 ms) or the command exits.
 - **Inference**: per-call wall time inside the prod image after warm-up; the

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pytorch_cuda.build import builder
+from pytorch_cuda.build import builder, wheelhouse
 from pytorch_cuda.build.engine import ensure_engine
 from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.paths import IMAGES, ROOT, VERSIONS
@@ -98,7 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     client = ensure_engine()
     options = builder.BuildOptions(args.ca_cert, args.mirror, args.security_mirror,
                                    args.snapshot_mirror, args.quiet, args.no_cache,
-                                   not args.no_normalize)
+                                   not args.no_normalize, Path(args.wheelhouse))
     builder.build(client, images, options)
     return 0
 
@@ -158,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build images (default: the default cell)")
     p.add_argument("cells", nargs="*", metavar="CELL")
     p.add_argument("--variant", choices=VARIANTS)
-    p.add_argument("--ca-cert", help="CA bundle for builder stages (default: the host's pip/SSL config)")
+    p.add_argument("--ca-cert", help="CA bundle for downloading wheels on this host "
+                   "(default: the host's pip/SSL config; never sent to a build)")
+    p.add_argument("--wheelhouse", default=str(wheelhouse.DEFAULT), metavar="DIR",
+                   help="where the locked wheels are kept and served to builds from "
+                        "(default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="show steps only, not their output")
     p.add_argument("--no-cache", action="store_true", help="ignore the build cache")
     p.add_argument("--no-normalize", action="store_true",
@@ -182,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="every cell buildable here")
     p.add_argument("--build", action="store_true", help="build the images first")
     p.add_argument("--require-gpu", action="store_true", help="fail, not skip, without a GPU")
-    p.add_argument("--ca-cert", help="CA bundle for builder stages (with --build)")
+    p.add_argument("--ca-cert", help="CA bundle for downloading wheels on this host (with --build)")
     p.add_argument("--quiet", action="store_true", help="with --build: steps only")
     p.add_argument("-k", help="only tests matching this pytest expression")
     p.set_defaults(func=cmd_test)

@@ -1,4 +1,5 @@
-"""What a build borrows from the host: the CA bundle and proxy settings (builder stages only)."""
+"""What a build borrows from the host: the CA bundle (for downloading wheels on the host) and proxy
+settings (for apt in build steps)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from pathlib import Path
 
 from pytorch_cuda.core import pipconfig
 from pytorch_cuda.core.errors import UserError
-from pytorch_cuda.lock import indexes
-from pytorch_cuda.matrix import Cell
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "FTP_PROXY", "ALL_PROXY")
 
@@ -27,21 +26,12 @@ def ca_bundle(option: str | None) -> Path | None:
     return Path(cert) if cert and Path(cert).is_file() else None
 
 
-def build_args(cell: Cell) -> dict[str, str]:
-    """Proxy variables (which Docker keeps out of history) and the cell's indexes."""
-    args = {}
-    for var in PROXY_VARS:
-        for name in (var, var.lower()):
-            if os.environ.get(name):
-                args[name] = os.environ[name]
-    url, _ = indexes.cell_index(cell)
-    if url:
-        args["PIP_INDEX_URL"] = url
-    if cell.cuda.index != "default" and indexes.default_index():
-        args["PIP_EXTRA_INDEX_URL"] = indexes.default_index() or ""
-    return args
+def build_args() -> dict[str, str]:
+    """The host's proxy variables, for apt in build steps (Docker keeps them out of history)."""
+    return {name: os.environ[name] for var in PROXY_VARS for name in (var, var.lower())
+            if os.environ.get(name)}
 
 
-def secret_values(cell: Cell) -> list[str]:
+def secret_values() -> list[str]:
     """Build-time values that must never appear in a final image."""
-    return [v for k, v in build_args(cell).items() if k.upper() in PROXY_VARS and v]
+    return list(build_args().values())

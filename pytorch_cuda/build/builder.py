@@ -15,7 +15,7 @@ import docker
 import docker.errors
 
 from pytorch_cuda.base import bootstrap
-from pytorch_cuda.build import buildenv
+from pytorch_cuda.build import buildenv, wheelhouse
 from pytorch_cuda.build.context import write_context
 from pytorch_cuda.build.stream import BuildOutput
 from pytorch_cuda.core import gitinfo, names
@@ -52,6 +52,7 @@ class BuildOptions:
     quiet: bool = False
     no_cache: bool = False
     normalize: bool = True
+    wheelhouse: Path = wheelhouse.DEFAULT
 
 
 def build_labels(image: Image, base_id: str) -> dict[str, str]:
@@ -71,12 +72,13 @@ def run_build(client: docker.DockerClient, context: BinaryIO, dockerfile: str,
     """Send a context tar to the engine's classic builder and follow its output.
 
     `options` go to the engine's build API (buildargs, labels, nocache, cache_from, tag);
-    an API error ends up in `output.error` like an error inside the stream.
+    every build container can reach the wheelhouse by name. An API error ends up in
+    `output.error` like an error inside the stream.
     """
     try:
         output.follow(client.api.build(
             fileobj=context, custom_context=True, dockerfile=dockerfile, rm=True, forcerm=True,
-            pull=False, decode=True, **options))
+            pull=False, decode=True, extra_hosts=wheelhouse.extra_hosts(client), **options))
     except docker.errors.APIError as exc:
         output.error = output.error or str(exc.explanation or exc)
     return output
@@ -94,7 +96,7 @@ def build_raw(client: docker.DockerClient, image: Image, context: Path, base_id:
     output = BuildOutput(on_step=step, on_line=None if options.quiet else line)
     with context.open("rb") as ctx:
         run_build(client, ctx, names.dockerfile_path(image), output,
-                  buildargs=buildenv.build_args(image.cell),
+                  buildargs=buildenv.build_args(),
                   labels=build_labels(image, base_id), nocache=options.no_cache)
     if output.error or not output.image_id:
         raise UserError(_failure(image, output))
@@ -150,12 +152,18 @@ def build_cell_images(client: docker.DockerClient, images: list[Image], context:
 
 def keep_cache(client: docker.DockerClient, image: Image, raw_id: str,
                stages: dict[str, str]) -> None:
-    """Tag the raw build and its side stages (builder, variant env): they are the build cache."""
+    """Tag the raw build and its side stage (the variant env, where it has one): they are the
+    build cache. A side stage's tag from an older Dockerfile that no longer has it is removed."""
     repository = names.cache_repository(image.cell)
     client.images.get(raw_id).tag(repository, names.cache_tag(image))
-    for stage in ("builder", f"{image.variant}-env"):
-        if stage in stages:
-            client.images.get(stages[stage]).tag(repository, names.cache_tag(image, stage))
+    stage = f"{image.variant}-env"
+    if stage in stages:
+        client.images.get(stages[stage]).tag(repository, names.cache_tag(image, stage))
+        return
+    try:
+        client.images.remove(f"{repository}:{names.cache_tag(image, stage)}", noprune=True)
+    except docker.errors.ImageNotFound:
+        pass
 
 
 def _failure(image: Image, stream: BuildOutput) -> str:
@@ -203,7 +211,8 @@ def prune(client: docker.DockerClient, bases: set[str], keep: frozenset[str] = f
 
 @contextmanager
 def prepared(client: docker.DockerClient, cell: Cell, options: BuildOptions) -> Iterator[tuple[Path, str]]:
-    """A cell's lock checked, its base present and its build context written: (context, base ID)."""
+    """A cell's lock checked, its base present, its wheels in the wheelhouse and served, and its
+    build context written: (context, base ID)."""
     locking.require_locked(cell)
     mirrors = debian.resolve_mirrors(cell.matrix.snapshot, [cell.os.suite] if cell.os.suite else [],
                                      options.mirror, options.security_mirror,
@@ -212,12 +221,14 @@ def prepared(client: docker.DockerClient, cell: Cell, options: BuildOptions) -> 
     base_id = bootstrap.ensure_base(client, cell, mirrors)
     ca = buildenv.ca_bundle(options.ca_cert)
     if ca:
-        say(f"using the CA bundle {ca} in builder stages only")
+        say(f"using the CA bundle {ca} on this host only (downloading wheels)")
+    wheelhouse.fill(cell, ca, options.wheelhouse)
     STATE.mkdir(parents=True, exist_ok=True)
     context = STATE / f"context-{cell.id}.tar"
-    write_context(cell, ca, context, gitinfo.source_date_epoch())
+    write_context(cell, context, gitinfo.source_date_epoch())
     try:
-        yield context, base_id
+        with wheelhouse.serving(client, options.wheelhouse):
+            yield context, base_id
     finally:
         context.unlink(missing_ok=True)
 

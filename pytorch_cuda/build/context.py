@@ -8,7 +8,6 @@ import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from pytorch_cuda.core.names import CA_CONTEXT_PATH
 from pytorch_cuda.core.paths import PER_CELL_INPUTS, ROOT, SHARED_INPUTS
 from pytorch_cuda.matrix import Cell
 
@@ -20,10 +19,10 @@ def _files(cell: Cell) -> list[Path]:
     return sorted(found)
 
 
-def write_context(cell: Cell, ca: Path | None, out: Path, epoch: int) -> None:
-    """Write the context tar for a cell; the CA bundle (or an empty file) at CA_CONTEXT_PATH."""
+def write_context(cell: Cell, out: Path, epoch: int) -> None:
+    """Write the context tar for a cell."""
     files = {path.relative_to(ROOT).as_posix(): path for path in _files(cell)}
-    folders = {parent.as_posix() for name in [*files, CA_CONTEXT_PATH]
+    folders = {parent.as_posix() for name in files
                for parent in PurePosixPath(name).parents if parent.name}
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         for folder in sorted(folders):
@@ -31,7 +30,6 @@ def write_context(cell: Cell, ca: Path | None, out: Path, epoch: int) -> None:
         for name, path in files.items():
             _add(tar, name, path.read_bytes(),
                  0o755 if path.stat().st_mode & 0o111 else 0o644, epoch)
-        _add(tar, CA_CONTEXT_PATH, ca.read_bytes() if ca else b"", 0o644, epoch)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes | None, mode: int, epoch: int) -> None:

@@ -7,10 +7,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from pytorch_cuda.core.names import WHEELHOUSE_URL
+
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 LAYER_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 SUCCESS_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
-PY_DOWNLOAD_RE = re.compile(r"^\s*(Collecting|Downloading) \S")
+PY_DOWNLOAD_RE = re.compile(r"^\s*Downloading (?!" + re.escape(WHEELHOUSE_URL) + r")\S")
+"""pip fetching a file from an index (not from the host's wheelhouse)."""
 APT_FETCH_RE = re.compile(r"^Get:\d+ ")
 TAIL_LINES = 40
 

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pytorch_cuda.core.paths import ROOT, STATE
 
 if TYPE_CHECKING:
     from pytorch_cuda.matrix import Cell, Image
 
 LABEL_PREFIX = "io.pytorch-cuda"
-CA_CONTEXT_PATH = (STATE / "ca-bundle.crt").relative_to(ROOT).as_posix()
-CA_BUILD_PATH = "/tmp/build-ca.crt"
+WHEELHOUSE_HOST = "wheelhouse"
+WHEELHOUSE_PORT = 7309
+"""Where build steps reach the host's wheelhouse: the host name the driver maps to the engine's
+bridge gateway in every build container, and the port it serves on (fixed, so no cache key or
+history line depends on the machine)."""
+WHEELHOUSE_URL = f"http://{WHEELHOUSE_HOST}:{WHEELHOUSE_PORT}"
+WHEELS_PATH = "/wheels/"
+INPUTS_PATH = "/inputs/"
+"""The wheelhouse's two folders: the locked wheels (pip's --find-links page) and the files a step
+fetches by their SHA-256 (locks and build scripts, which a final stage must not COPY)."""
 EXPORT_DIR = "/export"
-"""Where builder stages lay out what a final stage copies: EXPORT_DIR/<part>/ is a tree rooted at /
+"""Where side stages lay out what a final stage copies: EXPORT_DIR/<part>/ is a tree rooted at /
 (copied with `COPY --from=STAGE EXPORT_DIR/<part>/ /`, which gives the same layer every build)."""
 VOLATILE_FILES = (
     "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/var/lib/apt/lists/*_*",

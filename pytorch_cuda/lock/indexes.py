@@ -27,3 +27,12 @@ def cell_index(cell: Cell) -> tuple[str | None, str | None]:
         return default_index(), None
     url = os.environ.get(env_var(cell.cuda.index))
     return (url, None) if url else (None, env_var(cell.cuda.index))
+
+
+def pip_index_args(cell: Cell) -> list[str]:
+    """The installer's index options for a cell: its index, and the default one beside a named one."""
+    url, _ = cell_index(cell)
+    args = ["--index-url", url] if url else []
+    if cell.cuda.index != "default" and default_index():
+        args += ["--extra-index-url", default_index() or ""]
+    return args

@@ -86,6 +86,29 @@ def locked_versions(path: Path) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class Locked:
+    """One requirement of a pip lock: name==version and the hashes of its files."""
+
+    name: str
+    version: str
+    hashes: frozenset[str]
+    text: str
+
+
+def locked_requirements(path: Path) -> list[Locked]:
+    """The requirement blocks of a pip lock file, in its order."""
+    text = "\n".join(line for line in path.read_text().splitlines() if not line.startswith("#"))
+    out = []
+    for block in re.split(r"\n(?=[A-Za-z0-9])", text.strip()):
+        match = re.match(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)", block)
+        if match:
+            out.append(Locked(_norm(match.group(1)), match.group(2),
+                              frozenset(re.findall(r"--hash=sha256:([0-9a-f]{64})", block)),
+                              block + "\n"))
+    return out
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -104,7 +127,7 @@ def lock_apt(matrix: Matrix, os_: OS, mirrors: debian.Mirrors) -> LockResult:
     if not os_.suite:
         return LockResult(os_.name, "skipped", "registry base: apt pins come from the image")
     available = debian.fetch_packages(mirrors, os_.suite)
-    names = sorted({p for g in ("runtime", "builder", *VARIANTS)
+    names = sorted({p for g in ("runtime", *VARIANTS)
                     for p in matrix.apt_packages(os_, g)})
     missing = [n for n in names if n not in available]
     if missing:
@@ -117,13 +140,11 @@ def lock_apt(matrix: Matrix, os_: OS, mirrors: debian.Mirrors) -> LockResult:
 
 def lock_cell(matrix: Matrix, cell: Cell, uv: str) -> LockResult:
     """Hash-lock the runtime, dev and prod environments of one cell."""
-    url, missing_var = indexes.cell_index(cell)
+    _, missing_var = indexes.cell_index(cell)
     if missing_var:
         return LockResult(cell.id, "skipped",
                           f"needs the wheel index '{cell.cuda.index}': set {missing_var}")
-    index_args = ["--index-url", url] if url else []
-    if cell.cuda.index != "default" and indexes.default_index():
-        index_args += ["--extra-index-url", indexes.default_index() or ""]
+    index_args = indexes.pip_index_args(cell)
     with tempfile.TemporaryDirectory() as tmp:
         runtime = _compile(uv, matrix.pip_requirements(cell, "runtime"), cell, index_args,
                            Path(tmp), None)

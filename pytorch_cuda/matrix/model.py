@@ -54,7 +54,7 @@ SCHEMA = s.Fields({
         }, optional=frozenset({"bootstrap", "image"})),
     })),
     "runtime": s.Fields({
-        "apt": s.ListOf(_PKG), "builder_apt": s.ListOf(_PKG), "pip": s.ListOf(_PKG, 1),
+        "apt": s.ListOf(_PKG), "pip": s.ListOf(_PKG, 1),
     }),
     "variants": s.MapOf(s.Fields({
         "description": s.Str(), "apt": s.ListOf(_PKG), "pip": s.ListOf(_PKG),
@@ -336,11 +336,9 @@ class Matrix:
         return int(self.raw["variants"][variant]["size_budget_gb"] * 1_000_000_000)
 
     def apt_packages(self, os_: OS, group: str) -> list[str]:
-        """Apt package names of a group ('runtime', 'builder', or a variant) for an OS."""
-        items = {
-            "runtime": self.raw["runtime"]["apt"],
-            "builder": self.raw["runtime"]["builder_apt"],
-        }.get(group) or self.raw["variants"][group]["apt"]
+        """Apt package names of a group ('runtime' or a variant) for an OS."""
+        items = (self.raw["runtime"]["apt"] if group == "runtime"
+                 else self.raw["variants"][group]["apt"])
         return [p.replace("{python}", os_.python) for p in items]
 
     def pip_requirements(self, cell: Cell, group: str) -> list[str]:

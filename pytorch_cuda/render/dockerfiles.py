@@ -12,12 +12,19 @@ import jinja2
 
 from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
-from pytorch_cuda.core.paths import IMAGES, ROOT, TEMPLATES
+from pytorch_cuda.core.paths import IMAGE_FILES, IMAGES, ROOT, TEMPLATES
+from pytorch_cuda.build import wheelhouse
 from pytorch_cuda.lock import locking
 from pytorch_cuda.matrix import Image, Matrix
 
 APT_CLEANUP = ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -rf "
                + " ".join(names.VOLATILE_FILES))
+
+LEAVE_OUT_SCRIPT = IMAGE_FILES / "build" / "leave-out"
+STEP_TMP = "/tmp/ptc"
+"""Where a step keeps what it fetched, removed before it ends."""
+PIP_OPTIONS = (f"--no-cache-dir --no-index --find-links {names.WHEELHOUSE_URL}{names.WHEELS_PATH} "
+               f"--trusted-host {names.WHEELHOUSE_HOST} --no-deps --require-hashes --only-binary :all:")
 
 PRIVATE_MOUNTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
                   "/etc/mtab", "/.dockerenv")
@@ -34,6 +41,43 @@ def settle_mtimes(since: int | None) -> str:
     skip = " -o ".join(f"-path {path}" for path in PRIVATE_MOUNTS)
     return (f" \\\n && find / -xdev \\( {skip} \\) -prune"
             f" -o -newermt @{since} -exec touch -h -d @{since} {{}} +")
+
+
+FETCH = ('import hashlib,sys,urllib.request as u;url,sums,dest=sys.argv[1:];'
+         'data=u.urlopen(url).read();got=hashlib.sha256(data).hexdigest();'
+         'got in sums.split(",") or sys.exit(f"{url}: sha256 {got}, not the one the Dockerfile names");'
+         'open(dest,"wb").write(data)')
+"""Fetches one file from the wheelhouse and checks its SHA-256 (the Dockerfile names it, so a
+changed input changes the step and its cache key)."""
+
+
+def fetch_function(python: str) -> str:
+    """The shell function a step that fetches from the wheelhouse defines first."""
+    return f"fetch() {{ python{python} -c {shlex.quote(FETCH)} \"$@\"; }}"
+
+
+UNLOCKED = "unlocked"
+"""What a Dockerfile names instead of a hash while its cell has no lock (it cannot be built yet)."""
+
+
+def fetch_input(path: Path, dest: str) -> str:
+    """`fetch` arguments for a project file served by its SHA-256."""
+    sha = wheelhouse.sha256_file(path) if path.exists() else UNLOCKED
+    return f"{names.WHEELHOUSE_URL}{names.INPUTS_PATH}{sha} {sha} {dest}"
+
+
+def pip_wheel(image: Image) -> tuple[str, str]:
+    """(`fetch` arguments, path) of the locked pip wheel a step installs the runtime with (its
+    version from the matrix, its hashes from the runtime lock)."""
+    cell = image.cell
+    version = next(r.split("==", 1)[1] for r in cell.matrix.pip_requirements(cell, "runtime")
+                   if r.startswith("pip=="))
+    lock = locking.pip_lock_path(cell, "runtime")
+    hashes = sorted(next((r.hashes for r in locking.locked_requirements(lock) if r.name == "pip"),
+                         frozenset()) if lock.exists() else ()) or [UNLOCKED]
+    name = f"pip-{version}-py3-none-any.whl"
+    dest = f"{STEP_TMP}/{name}"
+    return f"{names.WHEELHOUSE_URL}{names.WHEELS_PATH}{name} {','.join(hashes)} {dest}", dest
 
 
 def _environment() -> jinja2.Environment:
@@ -87,14 +131,20 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "base_ref": names.base_ref(cell),
         "apt_pins": pins,
         "runtime_apt": matrix.apt_packages(cell.os, "runtime"),
-        "builder_apt": matrix.apt_packages(cell.os, "builder"),
         "variant_apt": matrix.apt_packages(cell.os, image.variant),
         "apt_cleanup": APT_CLEANUP,
-        "venv_cleanup": "rm -rf /tmp/locks",
         "user_cleanup": ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -f "
                          + " ".join(p for p in names.VOLATILE_FILES if p.startswith("/etc/"))),
-        "ca_context_path": names.CA_CONTEXT_PATH,
-        "ca_path": names.CA_BUILD_PATH,
+        "fetch_fn": fetch_function(cell.os.python),
+        "inputs": {
+            "runtime": fetch_input(locking.pip_lock_path(cell, "runtime"), f"{STEP_TMP}/runtime.txt"),
+            "dev": fetch_input(locking.pip_lock_path(cell, "dev"), f"{STEP_TMP}/dev.txt"),
+            "leave_out": fetch_input(LEAVE_OUT_SCRIPT, f"{STEP_TMP}/leave-out"),
+        },
+        "pip_wheel": pip_wheel(image),
+        "pip_options": PIP_OPTIONS,
+        "wheels_url": names.WHEELHOUSE_URL + names.WHEELS_PATH,
+        "step_tmp": STEP_TMP,
         "path_runtime": names.path_env("/opt/venv"),
         "path_variant": names.path_env(f"/opt/venv-{image.variant}", "/opt/venv"),
         "locks": {g: locking.pip_lock_path(cell, g).relative_to(ROOT).as_posix()
@@ -109,7 +159,7 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "settle": settle_mtimes(cell.os.bootstrap_epoch),
         "ports": matrix.raw["variants"][image.variant]["ports"],
     }
-    missing = [n for g in ("runtime_apt", "builder_apt", "variant_apt")
+    missing = [n for g in ("runtime_apt", "variant_apt")
                for n in context[g] if n not in pins]
     if missing:
         raise UserError(f"{locking.apt_lock_path(cell.os).relative_to(ROOT)} has no pin for "

@@ -20,6 +20,7 @@ from docker.models.containers import Container
 from testinfra.host import Host
 
 from pytorch_cuda.lock import locking
+from pytorch_cuda.build import wheelhouse
 from pytorch_cuda.build.engine import ensure_engine
 from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.host import ensure_tool
@@ -361,7 +362,7 @@ def failing_build(client: docker.DockerClient, image: Image,
     try:
         proc = subprocess.run(
             [sys.executable, "build.py", "build", image.cell.id, "--variant", image.variant,
-             "--quiet", "--no-normalize"],
+             "--quiet", "--no-normalize", "--wheelhouse", str(wheelhouse.DEFAULT)],
             cwd=clone, capture_output=True, text=True, timeout=1800, check=False)
         left = {tag: target for tag, target in tag_targets(client, image).items() if target}
     finally:

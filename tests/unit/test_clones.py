@@ -28,7 +28,7 @@ cell = matrix.default_cell
 files = dockerfiles.render_tree(matrix)
 with tempfile.TemporaryDirectory() as tmp:
     context = Path(tmp) / "context.tar"
-    write_context(cell, None, context, gitinfo.source_date_epoch())
+    write_context(cell, context, gitinfo.source_date_epoch())
     digest = hashlib.sha256(context.read_bytes()).hexdigest()
 json.dump({
     "files": files,

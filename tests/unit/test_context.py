@@ -13,7 +13,7 @@ from pytorch_cuda.matrix import load_matrix
 def test_every_folder_of_the_context_has_an_entry_with_the_epoch(tmp_path: Path):
     cell = load_matrix(VERSIONS).default_cell
     out = tmp_path / "context.tar"
-    write_context(cell, None, out, 1_234_567)
+    write_context(cell, out, 1_234_567)
     with tarfile.open(out) as tar:
         members = tar.getmembers()
     folders = {m.name for m in members if m.isdir()}

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from pytorch_cuda.core import names
-from pytorch_cuda.core.paths import ROOT
+from pytorch_cuda.core.paths import IMAGE_INPUTS, ROOT
 
 PACKAGE = ROOT / "pytorch_cuda"
 STAGES = ("core", "matrix", "render", "lock", "base", "build", "repro", "suite", "publish")
@@ -37,10 +37,10 @@ def test_derived_names_are_spelled_only_in_core_names(literal):
     assert spelled == []
 
 
-def test_the_build_ca_path_is_the_one_dockerignore_lets_through():
+def test_dockerignore_lets_through_only_the_image_inputs():
     allowed = [line[1:] for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.startswith("!")]
-    assert names.CA_CONTEXT_PATH in allowed
+    assert sorted(allowed) == sorted(p.relative_to(ROOT).as_posix() + "/" for p in IMAGE_INPUTS)
 
 
 def test_the_template_takes_path_from_the_renderer():

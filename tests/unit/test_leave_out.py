@@ -55,3 +55,112 @@ def test_a_path_rule_takes_globs(leave_out, tmp_path):
     found = leave_out.matches(tmp_path, "path:nvidia/*/include")
     assert [p.relative_to(tmp_path).as_posix() for p in found] == ["nvidia/a/include",
                                                                   "nvidia/b/include"]
+
+
+def test_path_rules_name_a_path_or_what_lies_under_it(leave_out):
+    patterns = [p.split("/") for p in ("torch/include", "nvidia/*/include", "torch/bin/protoc*")]
+    assert leave_out.named(("torch", "include", "ATen", "x.h"), patterns)
+    assert leave_out.named(("nvidia", "cublas", "include", "cublas.h"), patterns)
+    assert leave_out.named(("torch", "bin", "protoc-3.13.0.0"), patterns)
+    assert not leave_out.named(("torch", "lib", "libtorch.so"), patterns)
+    assert not leave_out.named(("nvidia", "include"), patterns)
+
+
+def test_a_wheel_name_stands_for_every_tag_it_combines(leave_out):
+    assert leave_out.wheel_tags("numpy-2.3.3-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl") == {
+        "cp311-cp311-manylinux_2_27_x86_64", "cp311-cp311-manylinux_2_28_x86_64"}
+
+
+def _demo(site: Path, wheels: Path, header: bytes) -> str:
+    """An installed distribution `demo` (RECORD lists a header and a compiled module) and its
+    wheel on a wheel page; returns the wheel's SHA-256."""
+    import base64
+    import hashlib
+    import py_compile
+    import zipfile
+
+    def record_hash(data: bytes) -> str:
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+    source = b"VALUE = 1\n"
+    (site / "demo" / "include").mkdir(parents=True)
+    (site / "demo" / "__init__.py").write_bytes(source)
+    (site / "demo" / "include" / "demo.h").write_bytes(header)
+    pyc = py_compile.compile(str(site / "demo" / "__init__.py"), doraise=True,
+                             invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    pyc_path = Path(pyc).relative_to(site).as_posix()
+    info = site / "demo-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n")
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    (info / "RECORD").write_text(
+        f"demo/__init__.py,{record_hash(source)},{len(source)}\n"
+        f"demo/include/demo.h,{record_hash(header)},{len(header)}\n"
+        f"{pyc_path},{record_hash(Path(pyc).read_bytes())},\n"
+        "demo-1.0.dist-info/RECORD,,\n")
+    wheel = wheels / "demo-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("demo/__init__.py", source)
+        zf.writestr("demo/include/demo.h", b"#define DEMO 1\n")
+    return hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def wheel_page(tmp_path: Path):
+    """A wheel page served over HTTP from tmp_path/wheels."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "wheels").mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *_: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{server.server_address[1]}/wheels/"
+        server.shutdown()
+
+
+def test_files_left_out_come_back_from_the_locked_wheel(leave_out, tmp_path, wheel_page, monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    site = tmp_path / "site"
+    sha = _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
+    pyc = next((site / "demo" / "__pycache__").glob("*.pyc"))
+    (site / "demo" / "include" / "demo.h").unlink()
+    pyc.unlink()
+    lock = {"demo": ("demo==1.0\n", {sha})}
+    assert leave_out.restore_files(site, wheel_page, lock, [["demo", "include"], ["demo", "__pycache__"]]) == 2
+    assert (site / "demo" / "include" / "demo.h").read_bytes() == b"#define DEMO 1\n"
+    assert pyc.exists()
+    assert leave_out.restore_files(site, wheel_page, lock, [["demo", "include"]]) == 0  # nothing missing
+
+
+def test_a_wheel_that_is_not_the_locked_one_stops_the_step(leave_out, tmp_path, wheel_page, capsys):
+    site = tmp_path / "site"
+    _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
+    (site / "demo" / "include" / "demo.h").unlink()
+    with pytest.raises(SystemExit):
+        leave_out.restore_files(site, wheel_page, {"demo": ("demo==1.0\n", {"0" * 64})},
+                                [["demo", "include"]])
+    assert "does not match its hashes in the lock" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_the_recorded_one_stops_the_step(leave_out, tmp_path, wheel_page, capsys):
+    site = tmp_path / "site"
+    sha = _demo(site, tmp_path / "wheels", b"#define OTHER 2\n")  # RECORD names other bytes
+    (site / "demo" / "include" / "demo.h").unlink()
+    with pytest.raises(SystemExit):
+        leave_out.restore_files(site, wheel_page, {"demo": ("demo==1.0\n", {sha})},
+                                [["demo", "include"]])
+    assert "demo/include/demo.h put back for demo does not match its RECORD" in capsys.readouterr().out
+
+
+def test_a_compiled_file_put_back_is_hash_based(leave_out, tmp_path, wheel_page, monkeypatch, capsys):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # timestamp-based: not reproducible
+    site = tmp_path / "site"
+    sha = _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
+    next((site / "demo" / "__pycache__").glob("*.pyc")).unlink()
+    with pytest.raises(SystemExit):
+        leave_out.restore_files(site, wheel_page, {"demo": ("demo==1.0\n", {sha})},
+                                [["demo", "__pycache__"]])
+    assert "is not a hash-based .pyc of its source" in capsys.readouterr().out

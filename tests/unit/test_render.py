@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from pytorch_cuda.build import wheelhouse
+from pytorch_cuda.core import names
+from pytorch_cuda.lock import locking
 from pytorch_cuda.render import dockerfiles
 from pytorch_cuda.matrix import load_matrix
 from pytorch_cuda.core.paths import VERSIONS
@@ -34,7 +37,7 @@ def test_dev_and_prod_share_the_heavy_stages():
     prod = files["cu128-bookworm/prod/Dockerfile"]
     def stage(text: str, name: str) -> str:
         return text.split(f"AS {name}\n", 1)[1].split("\n# ----", 1)[0]
-    for name in ("os", "builder", "runtime"):
+    for name in ("os", "runtime"):
         assert stage(dev, name) == stage(prod, name)
 
 
@@ -97,14 +100,32 @@ def test_every_step_gives_the_same_layer_every_build(variant: str):
     since = cell.os.bootstrap_epoch
     settle = f"-prune -o -newermt @{since} -exec touch -h -d @{since} {{}} +"
     assert runs and all(run.endswith(settle) for run in runs)
-    final = text.split("AS runtime\n", 1)[1]
+    stages = {block.split("\n", 1)[0].split(" AS ")[1]: block for block in text.split("\nFROM ")[1:]}
+    assert set(stages) == {"os", "runtime", variant} | ({"prod-env"} if variant == "prod" else set())
+    final = "".join(block for name, block in stages.items() if not name.endswith("-env"))
     for line in _runs_and_copies(final)[1]:
         source = line.split()[-2]
-        # builder output arrives as a tree rooted at /, so no folder gets the time of the copy
+        # side-stage output arrives as a tree rooted at /, so no folder gets the time of the copy
         assert line.endswith(" /") and source.endswith("/"), line
         if "--from=" in line:
             assert source.startswith("/export/"), line
-    assert len(copies) > len(_runs_and_copies(final)[1])
+    if variant == "prod":  # the side stage may copy into a folder: its layers are never shipped
+        assert len(copies) > len(_runs_and_copies(final)[1])
+
+
+def test_final_stages_fetch_their_inputs_by_hash_and_never_see_the_ca():
+    matrix = load_matrix(VERSIONS)
+    cell = matrix.default_cell
+    files = dockerfiles.render_tree(matrix)
+    lock = locking.pip_lock_path(cell, "runtime")
+    sha = wheelhouse.sha256_file(lock)
+    for variant in ("dev", "prod"):
+        text = files[f"{cell.id}/{variant}/Dockerfile"]
+        assert f"{names.WHEELHOUSE_URL}{names.INPUTS_PATH}{sha} {sha} " in text
+        assert "PIP_CERT" not in text and "ARG PIP_INDEX_URL" not in text
+        assert "--no-index" in text and "--require-hashes" in text
+    unlocked = files["cu126-bookworm/dev/Dockerfile"]
+    assert f"{names.INPUTS_PATH}{dockerfiles.UNLOCKED} {dockerfiles.UNLOCKED} " in unlocked
 
 
 def test_no_settling_without_a_bootstrap_epoch():

@@ -1,0 +1,207 @@
+"""The host's wheelhouse: every locked wheel, downloaded once on the host by pip and checked against
+the lock's hashes, served to build steps over the engine's bridge network. So no build step needs
+the network, a proxy or the build CA to install Python packages, a final stage installs its
+environment where it ends up (no builder stage, no copy of it), and a machine that has the wheels
+rebuilds without reaching an index."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from pytorch_cuda.core import names
+from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.paths import IMAGE_FILES, LOCKS, STATE
+from pytorch_cuda.core.progress import human_bytes, say
+from pytorch_cuda.lock import indexes, locking
+from pytorch_cuda.matrix import Cell
+
+DEFAULT = STATE / "wheelhouse"
+SERVED_INPUTS = (LOCKS, IMAGE_FILES / "build")
+"""What build steps fetch by SHA-256 from the wheelhouse's inputs folder (a final stage must not
+COPY its inputs: a COPY into an existing folder stamps it with the time of the copy)."""
+HASHES_FILE = ".hashes.json"
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file, hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def platforms() -> list[str]:
+    """The wheel platforms the locks were resolved for (locking.PLATFORM and every older one)."""
+    arch, _, tag = locking.PLATFORM.partition("-")
+    newest = int(tag.rsplit("_", 1)[1])
+    return [*(f"manylinux_2_{minor}_{arch}" for minor in range(newest, 4, -1)),
+            f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}", f"linux_{arch}"]
+
+
+def wheel_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 -> file name of the wheels in a folder (hashes kept beside them, by size and mtime)."""
+    cache_path = folder / HASHES_FILE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    fresh = {}
+    for path in sorted(folder.glob("*.whl")):
+        stat = path.stat()
+        key = [stat.st_size, stat.st_mtime_ns]
+        entry = cache.get(path.name)
+        fresh[path.name] = entry if entry and entry[:2] == key else [*key, sha256_file(path)]
+    if fresh != cache:
+        cache_path.write_text(json.dumps(fresh, indent=0, sort_keys=True))
+    return {entry[2]: name for name, entry in fresh.items()}
+
+
+def compatible(filename: str, python: str) -> bool:
+    """Whether a wheel (by its file name's tags) installs on CPython `python` (e.g. '3.11') on
+    the locks' platform."""
+    pys, abis, plats = (set(part.split(".")) for part in filename.removesuffix(".whl").split("-")[-3:])
+    version = python.replace(".", "")
+    minor = int(python.split(".")[1])
+    cpython = {f"cp{version}"} | ({f"cp3{m}" for m in range(minor + 1)} if "abi3" in abis else set())
+    return (bool(pys & (cpython | {"py3", f"py{version}"}))
+            and bool(abis & {f"cp{version}", "abi3", "none"})
+            and bool(plats & {*platforms(), "any"}))
+
+
+def missing(cell: Cell, have: dict[str, str]) -> dict[str, list[locking.Locked]]:
+    """Per lock group, the locked requirements with no wheel in `have` (SHA-256 -> file name) that
+    matches one of their hashes and installs on the cell's Python."""
+    usable = {sha for sha, name in have.items() if compatible(name, cell.os.python)}
+    out = {}
+    for group in locking.GROUPS:
+        wanted = locking.locked_requirements(locking.pip_lock_path(cell, group))
+        absent = [r for r in wanted if not r.hashes & usable]
+        if absent:
+            out[group] = absent
+    return out
+
+
+def fill(cell: Cell, ca: Path | None, root: Path = DEFAULT) -> None:
+    """Download the locked wheels of a cell that the wheelhouse lacks; stop if any is still absent."""
+    wheels = root / names.WHEELS_PATH.strip("/")
+    wheels.mkdir(parents=True, exist_ok=True)
+    absent = missing(cell, wheel_hashes(wheels))
+    for group, requirements in absent.items():
+        say(f"wheelhouse: downloading {len(requirements)} locked wheel(s) of {cell.id} {group} "
+            f"({', '.join(r.name for r in requirements[:4])}{', ...' if len(requirements) > 4 else ''})")
+        _download(cell, group, requirements, ca, wheels)
+    have = wheel_hashes(wheels)
+    still = missing(cell, have)
+    if still:
+        group, requirements = next(iter(still.items()))
+        raise UserError(f"{locking.pip_lock_path(cell, group).relative_to(LOCKS.parent)}: no wheel "
+                        f"of {requirements[0].name}=={requirements[0].version} matches its hashes "
+                        "for this cell's Python and platform")
+    count = sum(len(locking.locked_requirements(locking.pip_lock_path(cell, g)))
+                for g in locking.GROUPS)
+    size = sum((wheels / name).stat().st_size for name in have.values())
+    say(f"wheelhouse: the {count} locked wheels of {cell.id} are on this machine "
+        f"({root.name}/ holds {human_bytes(size)})")
+
+
+def _download(cell: Cell, group: str, requirements: list[locking.Locked], ca: Path | None,
+              wheels: Path) -> None:
+    """pip download, hash-checked, into a scratch folder; only complete wheels move in."""
+    python = cell.os.python
+    with tempfile.TemporaryDirectory(dir=wheels.parent, prefix=".download-") as tmp:
+        listing = Path(tmp) / "requirements.txt"
+        listing.write_text("".join(r.text for r in requirements))
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+               "--only-binary", ":all:", "--progress-bar", "off", "--disable-pip-version-check",
+               "--python-version", python, "--implementation", "cp",
+               "--abi", f"cp{python.replace('.', '')}", "--abi", "abi3", "--abi", "none",
+               *(arg for p in platforms() for arg in ("--platform", p)),
+               "--dest", tmp, "-r", str(listing), *indexes.pip_index_args(cell)]
+        if ca:
+            cmd += ["--cert", str(ca)]
+        # The host's pip settings (find-links, constraints, ...) must not change what is fetched.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+        env["PIP_CONFIG_FILE"] = os.devnull
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            tail = " ".join(proc.stderr.strip().splitlines()[-2:])
+            raise UserError(f"cannot download the locked wheels of {cell.id} ({group}): {tail}")
+        for path in Path(tmp).glob("*.whl"):
+            path.replace(wheels / path.name)
+
+
+def bridge_gateway(client: docker.DockerClient) -> str:
+    """The host's address on the engine's default bridge network, which build steps reach."""
+    try:
+        configs = client.networks.get("bridge").attrs["IPAM"]["Config"] or []
+    except docker.errors.NotFound:
+        configs = []
+    for config in configs:
+        if config.get("Gateway"):
+            return config["Gateway"].split("/")[0]
+    raise UserError("the engine has no default 'bridge' network with a gateway address; build "
+                    "steps reach the wheelhouse through it (start dockerd without --bridge=none)")
+
+
+def extra_hosts(client: docker.DockerClient) -> dict[str, str]:
+    """The host entry every build container gets: the wheelhouse's name -> the bridge gateway."""
+    return {names.WHEELHOUSE_HOST: bridge_gateway(client)}
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Static files, no access log on the terminal."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base's name)
+        return
+
+
+def _publish_inputs(root: Path) -> None:
+    """Put every file a step may fetch at inputs/<sha256>."""
+    folder = root / names.INPUTS_PATH.strip("/")
+    folder.mkdir(parents=True, exist_ok=True)
+    for top in SERVED_INPUTS:
+        for path in sorted(p for p in top.rglob("*") if p.is_file()):
+            target = folder / sha256_file(path)
+            if not target.exists():
+                scratch = target.with_suffix(".tmp")
+                shutil.copyfile(path, scratch)
+                scratch.replace(target)
+
+
+@contextmanager
+def serving(client: docker.DockerClient, root: Path = DEFAULT) -> Iterator[None]:
+    """Serve the wheelhouse on the bridge gateway at the fixed port while the block runs."""
+    gateway = bridge_gateway(client)
+    _publish_inputs(root)
+    try:
+        server = http.server.ThreadingHTTPServer(
+            (gateway, names.WHEELHOUSE_PORT), functools.partial(_Handler, directory=str(root)))
+    except OSError as exc:
+        raise UserError(f"cannot serve the wheelhouse on {gateway}:{names.WHEELHOUSE_PORT}, the "
+                        f"engine's bridge ({exc.strerror}); another build of this project may be "
+                        "running: wait for it to finish") from None
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -1,0 +1,110 @@
+"""The wheelhouse: which locked wheels a cell lacks, and serving it (no Docker, no index)."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pytorch_cuda.build import wheelhouse
+from pytorch_cuda.core import names
+from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.paths import VERSIONS
+from pytorch_cuda.lock import locking
+from pytorch_cuda.matrix import load_matrix
+
+
+@pytest.mark.parametrize(("filename", "python", "ok"), [
+    ("torch-2.8.0+cu128-cp311-cp311-manylinux_2_28_x86_64.whl", "3.11", True),
+    ("torch-2.8.0+cu128-cp313-cp313-manylinux_2_28_x86_64.whl", "3.11", False),
+    ("six-1.17.0-py2.py3-none-any.whl", "3.13", True),
+    ("numpy-2.3.3-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", "3.11", True),
+    ("markupsafe-3.0.4-cp311-cp311-macosx_11_0_arm64.whl", "3.11", False),
+    ("cryptography-46.0.0-cp39-abi3-manylinux_2_28_x86_64.whl", "3.11", True),
+    ("cryptography-46.0.0-cp39-abi3-manylinux_2_34_x86_64.whl", "3.11", False),  # newer than the locks' platform
+])
+def test_a_wheel_is_usable_only_on_the_locks_python_and_platform(filename, python, ok):
+    assert wheelhouse.compatible(filename, python) is ok
+
+
+def test_the_platforms_start_at_the_locks_platform():
+    arch, _, tag = locking.PLATFORM.partition("-")
+    assert wheelhouse.platforms()[0] == f"{tag}_{arch}"
+    assert f"manylinux2014_{arch}" in wheelhouse.platforms()
+
+
+def test_a_wheel_counts_only_when_its_hash_is_locked_and_it_installs_here():
+    cell = load_matrix(VERSIONS).default_cell
+    tag = f"cp{cell.os.python.replace('.', '')}"
+    locked = {g: locking.locked_requirements(locking.pip_lock_path(cell, g)) for g in locking.GROUPS}
+    assert set(wheelhouse.missing(cell, {})) == set(locking.GROUPS)
+    every = {sha: f"x-1-{tag}-{tag}-manylinux_2_17_x86_64.whl"
+             for rs in locked.values() for r in rs for sha in r.hashes}
+    assert wheelhouse.missing(cell, every) == {}
+    wrong_python = {sha: "x-1-cp39-cp39-manylinux_2_17_x86_64.whl" for sha in every}
+    assert set(wheelhouse.missing(cell, wrong_python)) == set(locking.GROUPS)
+    torch = next(r for r in locked["runtime"] if r.name == "torch")
+    without_torch = {sha: name for sha, name in every.items() if sha not in torch.hashes}
+    assert wheelhouse.missing(cell, without_torch) == {"runtime": [torch]}
+
+
+def test_hashes_are_kept_beside_the_wheels_and_follow_a_changed_file(tmp_path: Path):
+    wheel = tmp_path / "a-1-py3-none-any.whl"
+    wheel.write_bytes(b"one")
+    first = wheelhouse.wheel_hashes(tmp_path)
+    assert first == {wheelhouse.sha256_file(wheel): wheel.name}
+    assert (tmp_path / wheelhouse.HASHES_FILE).exists()
+    wheel.write_bytes(b"other content")
+    assert wheelhouse.wheel_hashes(tmp_path) == {wheelhouse.sha256_file(wheel): wheel.name}
+
+
+class _Networks:
+    def __init__(self, gateway: str | None) -> None:
+        self.gateway = gateway
+
+    def get(self, name: str):
+        assert name == "bridge"
+        config = [{"Subnet": "127.0.0.0/8", "Gateway": self.gateway}] if self.gateway else []
+        return type("Network", (), {"attrs": {"IPAM": {"Config": config}}})()
+
+
+class _Client:
+    def __init__(self, gateway: str | None = "127.0.0.1") -> None:
+        self.networks = _Networks(gateway)
+
+
+def test_the_wheelhouse_serves_wheels_and_inputs_by_hash(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(names, "WHEELHOUSE_PORT", 0)  # any free port: read it back below
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "a-1-py3-none-any.whl").write_bytes(b"wheel")
+    lock = locking.pip_lock_path(load_matrix(VERSIONS).default_cell, "runtime")
+    sha = wheelhouse.sha256_file(lock)
+    servers = []
+    real = wheelhouse.http.server.ThreadingHTTPServer
+
+    def remember(*args, **kwargs):
+        servers.append(real(*args, **kwargs))
+        return servers[-1]
+
+    monkeypatch.setattr(wheelhouse.http.server, "ThreadingHTTPServer", remember)
+    with wheelhouse.serving(_Client(), tmp_path):
+        base = f"http://127.0.0.1:{servers[0].server_address[1]}"
+        listing = urllib.request.urlopen(base + names.WHEELS_PATH).read().decode()
+        assert 'href="a-1-py3-none-any.whl"' in listing
+        assert urllib.request.urlopen(f"{base}{names.INPUTS_PATH}{sha}").read() == lock.read_bytes()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base + names.WHEELS_PATH, timeout=2)
+
+
+def test_a_busy_port_is_one_sentence(tmp_path: Path, monkeypatch):
+    with wheelhouse.http.server.HTTPServer(("127.0.0.1", 0), wheelhouse._Handler) as busy:
+        monkeypatch.setattr(names, "WHEELHOUSE_PORT", busy.server_address[1])
+        with pytest.raises(UserError, match=r"cannot serve the wheelhouse on 127\.0\.0\.1:\d+"):
+            with wheelhouse.serving(_Client(), tmp_path):
+                pass
+
+
+def test_an_engine_without_a_bridge_is_one_sentence():
+    with pytest.raises(UserError, match="no default 'bridge' network"):
+        wheelhouse.bridge_gateway(_Client(None))
