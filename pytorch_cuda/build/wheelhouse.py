@@ -196,7 +196,6 @@ def serving(client: docker.DockerClient, root: Path = DEFAULT) -> Iterator[None]
         raise UserError(f"cannot serve the wheelhouse on {gateway}:{names.WHEELHOUSE_PORT}, the "
                         f"engine's bridge ({exc.strerror}); another build of this project may be "
                         "running: wait for it to finish") from None
-    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
     thread.start()
     try:
