@@ -207,7 +207,7 @@ def measure(session: Session, runs: int, build_runs: int) -> dict:
         context = path.read_bytes()
         labels = {img.variant: builder.build_labels(img, base_id) for img in (session.dev, session.prod)}
         _rebuilds(session, result, context, args, labels, runs, build_runs)
-    result.update(_cold(session, context, ca.read_bytes() if ca else b"", args, labels, build_runs))
+    result.update(_cold(session, context, ca, args, labels, build_runs))
     return result
 
 
@@ -251,12 +251,12 @@ def _rebuilds(session: Session, result: dict, context: bytes, args: dict[str, st
     }
 
 
-def _cold(session: Session, context: bytes, ca: bytes, args: dict[str, str],
+def _cold(session: Session, context: bytes, ca: Path | None, args: dict[str, str],
           labels: dict[str, dict[str, str]], build_runs: int) -> dict:
     """Cold project builds (from an empty wheelhouse) alternating with naive builds."""
     cell = session.cell
     result: dict = {}
-    naive_ctx, naive_text = naive_context(session, ca)
+    naive_ctx, naive_text = naive_context(session, ca.read_bytes() if ca else b"")
     cold: list[tuple[Built, Built]] = []
     wheels_s: list[float] = []
     naive: list[Built] = []
@@ -272,7 +272,7 @@ def _cold(session: Session, context: bytes, ca: bytes, args: dict[str, str],
                 continue
             with tempfile.TemporaryDirectory(dir=STATE, prefix="bench-wheelhouse-") as tmp:
                 started = time.monotonic()
-                wheelhouse.fill(cell, buildenv.ca_bundle(None), Path(tmp))
+                wheelhouse.fill(cell, ca, Path(tmp))
                 wheels_s.append(time.monotonic() - started)
                 with wheelhouse.serving(session.client, Path(tmp)):
                     dev = build(session, context, names.dockerfile_path(session.dev),

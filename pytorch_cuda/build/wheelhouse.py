@@ -84,37 +84,41 @@ def compatible(filename: str, python: str) -> bool:
             and bool(plats & {*platforms(), "any"}))
 
 
-def missing(cell: Cell, have: dict[str, str]) -> dict[str, list[locking.Locked]]:
-    """Per lock group, the locked requirements with no wheel in `have` (SHA-256 -> file name) that
-    matches one of their hashes and installs on the cell's Python."""
+def locked(cell: Cell) -> dict[str, list[locking.Locked]]:
+    """The locked requirements of a cell, per lock group."""
+    return {group: locking.locked_requirements(locking.pip_lock_path(cell, group))
+            for group in locking.GROUPS}
+
+
+def missing(cell: Cell, have: dict[str, str],
+            wanted: dict[str, list[locking.Locked]] | None = None) -> dict[str, list[locking.Locked]]:
+    """Per lock group, the locked requirements (`wanted`, default: the cell's locks) with no wheel
+    in `have` (SHA-256 -> file name) that matches one of their hashes and installs on the cell's
+    Python."""
     usable = {sha for sha, name in have.items() if compatible(name, cell.os.python)}
-    out = {}
-    for group in locking.GROUPS:
-        wanted = locking.locked_requirements(locking.pip_lock_path(cell, group))
-        absent = [r for r in wanted if not r.hashes & usable]
-        if absent:
-            out[group] = absent
-    return out
+    absent = {group: [r for r in requirements if not r.hashes & usable]
+              for group, requirements in (wanted or locked(cell)).items()}
+    return {group: requirements for group, requirements in absent.items() if requirements}
 
 
 def fill(cell: Cell, ca: Path | None, root: Path = DEFAULT) -> None:
     """Download the locked wheels of a cell that the wheelhouse lacks; stop if any is still absent."""
     wheels = root / names.WHEELS_PATH.strip("/")
     wheels.mkdir(parents=True, exist_ok=True)
-    absent = missing(cell, wheel_hashes(wheels))
+    wanted = locked(cell)
+    absent = missing(cell, wheel_hashes(wheels), wanted)
     for group, requirements in absent.items():
         say(f"wheelhouse: downloading {len(requirements)} locked wheel(s) of {cell.id} {group} "
             f"({', '.join(r.name for r in requirements[:4])}{', ...' if len(requirements) > 4 else ''})")
         _download(cell, group, requirements, ca, wheels)
     have = wheel_hashes(wheels)
-    still = missing(cell, have)
+    still = missing(cell, have, wanted)
     if still:
         group, requirements = next(iter(still.items()))
         raise UserError(f"{locking.pip_lock_path(cell, group).relative_to(LOCKS.parent)}: no wheel "
                         f"of {requirements[0].name}=={requirements[0].version} matches its hashes "
                         "for this cell's Python and platform")
-    count = sum(len(locking.locked_requirements(locking.pip_lock_path(cell, g)))
-                for g in locking.GROUPS)
+    count = sum(len(requirements) for requirements in wanted.values())
     size = sum((wheels / name).stat().st_size for name in have.values())
     say(f"wheelhouse: the {count} locked wheels of {cell.id} are on this machine "
         f"({root.name}/ holds {human_bytes(size)})")
@@ -185,8 +189,9 @@ def _publish_inputs(root: Path) -> None:
 
 
 @contextmanager
-def serving(client: docker.DockerClient, root: Path = DEFAULT) -> Iterator[None]:
-    """Serve the wheelhouse on the bridge gateway at the fixed port while the block runs."""
+def serving(client: docker.DockerClient, root: Path = DEFAULT) -> Iterator[tuple[str, int]]:
+    """Serve the wheelhouse on the bridge gateway at the fixed port while the block runs; the
+    block gets the address it is served at."""
     gateway = bridge_gateway(client)
     _publish_inputs(root)
     try:
@@ -199,7 +204,7 @@ def serving(client: docker.DockerClient, root: Path = DEFAULT) -> Iterator[None]
     thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
     thread.start()
     try:
-        yield
+        yield server.server_address[:2]
     finally:
         server.shutdown()
         server.server_close()

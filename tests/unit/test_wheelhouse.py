@@ -80,16 +80,8 @@ def test_the_wheelhouse_serves_wheels_and_inputs_by_hash(tmp_path: Path, monkeyp
     (tmp_path / "wheels" / "a-1-py3-none-any.whl").write_bytes(b"wheel")
     lock = locking.pip_lock_path(load_matrix(VERSIONS).default_cell, "runtime")
     sha = wheelhouse.sha256_file(lock)
-    servers = []
-    real = wheelhouse.http.server.ThreadingHTTPServer
-
-    def remember(*args, **kwargs):
-        servers.append(real(*args, **kwargs))
-        return servers[-1]
-
-    monkeypatch.setattr(wheelhouse.http.server, "ThreadingHTTPServer", remember)
-    with wheelhouse.serving(_Client(), tmp_path):
-        base = f"http://127.0.0.1:{servers[0].server_address[1]}"
+    with wheelhouse.serving(_Client(), tmp_path) as (host, port):
+        base = f"http://{host}:{port}"
         listing = urllib.request.urlopen(base + names.WHEELS_PATH).read().decode()
         assert 'href="a-1-py3-none-any.whl"' in listing
         assert urllib.request.urlopen(f"{base}{names.INPUTS_PATH}{sha}").read() == lock.read_bytes()
