@@ -100,3 +100,11 @@ def test_a_busy_port_is_one_sentence(tmp_path: Path, monkeypatch):
 def test_an_engine_without_a_bridge_is_one_sentence():
     with pytest.raises(UserError, match="no default 'bridge' network"):
         wheelhouse.bridge_gateway(_Client(None))
+
+
+def test_a_locked_wheel_the_index_does_not_give_is_one_sentence(tmp_path: Path, monkeypatch):
+    cell = load_matrix(VERSIONS).default_cell
+    monkeypatch.setattr(wheelhouse, "_download", lambda *args: None)  # the index gave nothing
+    with pytest.raises(UserError, match=rf"^locks/{cell.id}/runtime\.txt: no wheel of \S+==\S+ "
+                                         r"matches its hashes for this cell's Python and platform$"):
+        wheelhouse.fill(cell, None, tmp_path)
