@@ -257,6 +257,7 @@ def _cold(session: Session, context: bytes, ca: Path | None, args: dict[str, str
     cell = session.cell
     result: dict = {}
     naive_ctx, naive_text = naive_context(session, ca.read_bytes() if ca else b"")
+    mirrors = builder.archive(cell, builder.BuildOptions())
     cold: list[tuple[Built, Built]] = []
     wheels_s: list[float] = []
     naive: list[Built] = []
@@ -272,7 +273,7 @@ def _cold(session: Session, context: bytes, ca: Path | None, args: dict[str, str
                 continue
             with tempfile.TemporaryDirectory(dir=STATE, prefix="bench-wheelhouse-") as tmp:
                 started = time.monotonic()
-                wheelhouse.fill(cell, ca, Path(tmp))
+                wheelhouse.fill(cell, ca, mirrors, Path(tmp))
                 wheels_s.append(time.monotonic() - started)
                 with wheelhouse.serving(session.client, Path(tmp)):
                     dev = build(session, context, names.dockerfile_path(session.dev),

@@ -1,4 +1,9 @@
-"""The OS base image: bootstrapped from the Debian archive with mmdebstrap, or pulled by digest."""
+"""The OS base image: bootstrapped from the Debian archive with mmdebstrap, or pulled by digest.
+
+A bootstrapped base holds the packages every image runs with (the matrix's runtime apt packages, at
+their locked versions) and no package manager: mmdebstrap installs it to set the base up and the
+base purges it, so no later step deletes a file of a shared layer (prod needs no apt) and every
+layer is the same in every build. dev installs it back from its locked .deb."""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import subprocess
 import tarfile
 import tempfile
@@ -18,9 +24,9 @@ import docker.errors
 from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.host import ensure_tool
-from pytorch_cuda.core.paths import STATE
+from pytorch_cuda.core.paths import ROOT, STATE
 from pytorch_cuda.core.progress import say
-from pytorch_cuda.lock import debian
+from pytorch_cuda.lock import debian, locking
 from pytorch_cuda.matrix import Cell
 
 INCLUDE = ("ca-certificates",)
@@ -39,7 +45,8 @@ def ensure_base(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors
         return _pull_by_digest(client, ref)
     epoch = cell.os.bootstrap_epoch or 0
     inputs = {
-        "suite": cell.os.suite, "variant": cell.os.bootstrap_variant, "include": INCLUDE,
+        "suite": cell.os.suite, "variant": cell.os.bootstrap_variant, "include": includes(cell),
+        "purge": names.PACKAGE_MANAGER, "shadow": names.SHADOW_DATES,
         "dpkg": DPKG_OPTS, "sources": mirrors.sources(cell.os.suite or ""), "epoch": epoch,
         "volatile": names.VOLATILE_FILES,
     }
@@ -52,6 +59,19 @@ def ensure_base(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors
     except docker.errors.ImageNotFound:
         pass
     return _bootstrap(client, cell, mirrors, ref, key, epoch)
+
+
+def includes(cell: Cell) -> list[str]:
+    """What the bootstrap installs besides the variant's packages: INCLUDE, the runtime apt
+    packages and the package manager, the last two at their locked versions."""
+    pins = locking.apt_pins(cell.os)
+    wanted = [*cell.matrix.apt_packages(cell.os, "runtime"), names.PACKAGE_MANAGER]
+    unpinned = [name for name in wanted if name not in pins]
+    if unpinned or not locking.package_manager_deb(cell.os):
+        path = locking.apt_lock_path(cell.os).relative_to(ROOT)
+        raise UserError(f"{path} has no pin (with its sha256 for {names.PACKAGE_MANAGER}) for "
+                        f"{', '.join(unpinned) or names.PACKAGE_MANAGER}: run 'python build.py lock'")
+    return [*INCLUDE, *(f"{name}={pins[name]}" for name in wanted)]
 
 
 def _pull_by_digest(client: docker.DockerClient, ref: str) -> str:
@@ -76,10 +96,12 @@ def _bootstrap(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors,
     with tempfile.TemporaryDirectory(dir=STATE, prefix="base-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         cmd = [mmdebstrap, f"--variant={cell.os.bootstrap_variant}", "--mode=root",
-               "--format=tar", f"--include={','.join(INCLUDE)}",
+               "--format=tar", f"--include={','.join(includes(cell))}",
                *(f"--dpkgopt={o}" for o in DPKG_OPTS),
                "--aptopt=Acquire::Languages \"none\"",
-               "--customize-hook=cd \"$1\" && rm -rf " + " ".join(
+               f"--customize-hook=chroot \"$1\" dpkg --purge {names.PACKAGE_MANAGER}",
+               f"--customize-hook=cd \"$1\" && sed -i -E {shlex.quote(names.SHADOW_DATES)} "
+               "etc/shadow && rm -rf " + " ".join(
                    path.lstrip("/") for path in names.VOLATILE_FILES),
                str(cell.os.suite), str(rootfs), *mirrors.sources(cell.os.suite or "")]
         say(f"bootstrapping {ref} from the Debian archive ({cell.os.suite}, mmdebstrap)")

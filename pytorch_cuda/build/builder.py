@@ -209,20 +209,24 @@ def prune(client: docker.DockerClient, bases: set[str], keep: frozenset[str] = f
     return reclaimed
 
 
+def archive(cell: Cell, options: BuildOptions) -> debian.Mirrors:
+    """The Debian archive a build of the cell reads, by the options, the environment or the host."""
+    return debian.resolve_mirrors(cell.matrix.snapshot, [cell.os.suite] if cell.os.suite else [],
+                                  options.mirror, options.security_mirror, options.snapshot_mirror)
+
+
 @contextmanager
 def prepared(client: docker.DockerClient, cell: Cell, options: BuildOptions) -> Iterator[tuple[Path, str]]:
     """A cell's lock checked, its base present, its wheels in the wheelhouse and served, and its
     build context written: (context, base ID)."""
     locking.require_locked(cell)
-    mirrors = debian.resolve_mirrors(cell.matrix.snapshot, [cell.os.suite] if cell.os.suite else [],
-                                     options.mirror, options.security_mirror,
-                                     options.snapshot_mirror)
+    mirrors = archive(cell, options)
     locking.check_apt_pins(cell.os, mirrors)
     base_id = bootstrap.ensure_base(client, cell, mirrors)
     ca = buildenv.ca_bundle(options.ca_cert)
     if ca:
         say(f"using the CA bundle {ca} on this host only (downloading wheels)")
-    wheelhouse.fill(cell, ca, options.wheelhouse)
+    wheelhouse.fill(cell, ca, mirrors, options.wheelhouse)
     STATE.mkdir(parents=True, exist_ok=True)
     context = STATE / f"context-{cell.id}.tar"
     write_context(cell, context, gitinfo.source_date_epoch())

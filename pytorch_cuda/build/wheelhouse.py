@@ -2,7 +2,8 @@
 the lock's hashes, served to build steps over the engine's bridge network. So no build step needs
 the network, a proxy or the build CA to install Python packages, a final stage installs its
 environment where it ends up (no builder stage, no copy of it), and a machine that has the wheels
-rebuilds without reaching an index."""
+rebuilds without reaching an index. It also holds the locked .deb of the package manager, which
+the base does not keep and dev installs back."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +30,7 @@ from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.paths import IMAGE_FILES, LOCKS, STATE
 from pytorch_cuda.core.progress import human_bytes, say
-from pytorch_cuda.lock import indexes, locking
+from pytorch_cuda.lock import debian, indexes, locking
 from pytorch_cuda.matrix import Cell
 
 DEFAULT = STATE / "wheelhouse"
@@ -101,8 +104,10 @@ def missing(cell: Cell, have: dict[str, str],
     return {group: requirements for group, requirements in absent.items() if requirements}
 
 
-def fill(cell: Cell, ca: Path | None, root: Path = DEFAULT) -> None:
-    """Download the locked wheels of a cell that the wheelhouse lacks; stop if any is still absent."""
+def fill(cell: Cell, ca: Path | None, mirrors: debian.Mirrors, root: Path = DEFAULT) -> None:
+    """Download the locked wheels of a cell and its package manager's .deb where the wheelhouse
+    lacks them; stop if any is still absent."""
+    _fill_package_manager(cell, mirrors, root)
     wheels = root / names.WHEELS_PATH.strip("/")
     wheels.mkdir(parents=True, exist_ok=True)
     wanted = locked(cell)
@@ -122,6 +127,44 @@ def fill(cell: Cell, ca: Path | None, root: Path = DEFAULT) -> None:
     size = sum((wheels / name).stat().st_size for name in have.values())
     say(f"wheelhouse: the {count} locked wheels of {cell.id} are on this machine "
         f"({root.name}/ holds {human_bytes(size)})")
+
+
+def package_manager_file(cell: Cell) -> tuple[str, str] | None:
+    """(file name, SHA-256) of the cell's locked package-manager .deb; None before the lock."""
+    locked_deb = locking.package_manager_deb(cell.os)
+    if not locked_deb:
+        return None
+    version, sha = locked_deb
+    return debian.deb_name(names.PACKAGE_MANAGER, version), sha
+
+
+def _fill_package_manager(cell: Cell, mirrors: debian.Mirrors, root: Path) -> None:
+    """Download the locked package-manager .deb from the Debian archive unless it is here."""
+    wanted = package_manager_file(cell)
+    if not wanted or not cell.os.suite:
+        return
+    name, sha = wanted
+    folder = root / names.DEBS_PATH.strip("/")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / name
+    if target.exists() and sha256_file(target) == sha:
+        return
+    version = locking.apt_pins(cell.os)[names.PACKAGE_MANAGER]
+    url, _ = debian.locate_deb(mirrors, cell.os.suite, names.PACKAGE_MANAGER, version)
+    say(f"wheelhouse: downloading {name}")
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise UserError(f"cannot download {url}: {getattr(exc, 'reason', None) or exc}") from None
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha:
+        raise UserError(f"{locking.apt_lock_path(cell.os).relative_to(LOCKS.parent)}: "
+                        f"{names.PACKAGE_MANAGER}={version} from {url} has sha256 {got}, not the "
+                        "locked one")
+    scratch = target.with_suffix(".tmp")
+    scratch.write_bytes(data)
+    scratch.replace(target)
 
 
 def _download(cell: Cell, group: str, requirements: list[locking.Locked], ca: Path | None,

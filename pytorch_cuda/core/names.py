@@ -17,8 +17,14 @@ history line depends on the machine)."""
 WHEELHOUSE_URL = f"http://{WHEELHOUSE_HOST}:{WHEELHOUSE_PORT}"
 WHEELS_PATH = "/wheels/"
 INPUTS_PATH = "/inputs/"
-"""The wheelhouse's two folders: the locked wheels (pip's --find-links page) and the files a step
-fetches by their SHA-256 (locks and build scripts, which a final stage must not COPY)."""
+DEBS_PATH = "/debs/"
+"""The wheelhouse's folders: the locked wheels (pip's --find-links page), the files a step fetches
+by their SHA-256 (locks and build scripts, which a final stage must not COPY) and the locked
+package manager's .deb."""
+PACKAGE_MANAGER = "apt"
+"""The Debian package that no shared layer holds: the bootstrap purges it from the base (prod must
+not have it, and deleting it in a later step would leave whiteouts stamped with the build's time);
+dev installs it back from its locked .deb before its apt step."""
 EXPORT_DIR = "/export"
 """Where side stages lay out what a final stage copies: EXPORT_DIR/<part>/ is a tree rooted at /
 (copied with `COPY --from=STAGE EXPORT_DIR/<part>/ /`, which gives the same layer every build)."""
@@ -29,6 +35,9 @@ VOLATILE_FILES = (
 )
 """Backups, caches and logs that package tools write: no image keeps them, and the base has none,
 so no build step deletes a file of a lower layer (a whiteout carries the time it was made)."""
+SHADOW_DATES = r"s/^([^:]*:[^:]*:)[0-9]+:/\1:/"
+"""A sed expression that empties the date of the last password change in /etc/shadow (the day a
+tool ran there)."""
 DOCKERFILE = "Dockerfile"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

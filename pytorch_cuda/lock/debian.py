@@ -126,9 +126,9 @@ def _from_apt_config() -> tuple[str | None, str | None]:
 
 
 @functools.lru_cache(maxsize=8)
-def fetch_versions(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[str, frozenset[str]]:
-    """Every version of every package in a suite, its updates and security archives."""
-    found: dict[str, set[str]] = {}
+def _indexes(mirrors: Mirrors, suite: str, arch: str) -> tuple[tuple[str, str], ...]:
+    """(archive base URL, Packages text) of a suite, its updates and security archives."""
+    found = []
     for base, dist, component in mirrors.entries(suite):
         url = f"{base}/dists/{dist}/{component}/binary-{arch}/Packages.xz"
         try:
@@ -140,8 +140,17 @@ def fetch_versions(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[st
             raise UserError(f"cannot read the package index {url}: {exc}") from None
         except (urllib.error.URLError, OSError, lzma.LZMAError) as exc:
             raise UserError(f"cannot read the package index {url}: {exc}") from None
-        for name, version in parse_packages(text):
-            found.setdefault(name, set()).add(version)
+        found.append((base, text))
+    return tuple(found)
+
+
+@functools.lru_cache(maxsize=8)
+def fetch_versions(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[str, frozenset[str]]:
+    """Every version of every package in a suite, its updates and security archives."""
+    found: dict[str, set[str]] = {}
+    for _, text in _indexes(mirrors, suite, arch):
+        for fields in parse_packages(text):
+            found.setdefault(fields["Package"], set()).add(fields["Version"])
     return {name: frozenset(versions) for name, versions in found.items()}
 
 
@@ -155,19 +164,37 @@ def fetch_packages(mirrors: Mirrors, suite: str, arch: str = "amd64") -> dict[st
     return {name: newest(v) for name, v in fetch_versions(mirrors, suite, arch).items()}
 
 
-def parse_packages(text: str) -> list[tuple[str, str]]:
-    """(package, version) pairs of a Packages index."""
-    pairs = []
+def locate_deb(mirrors: Mirrors, suite: str, name: str, version: str,
+               arch: str = "amd64") -> tuple[str, str]:
+    """(URL, SHA-256) of one version of a package's .deb in a suite's archives."""
+    for base, text in _indexes(mirrors, suite, arch):
+        for fields in parse_packages(text):
+            if fields["Package"] == name and fields["Version"] == version and "SHA256" in fields:
+                return f"{base}/{fields['Filename']}", fields["SHA256"]
+    raise UserError(f"{name}={version} is not in Debian {suite} at {mirrors.archive}")
+
+
+def deb_name(name: str, version: str, arch: str = "amd64") -> str:
+    """Debian's file name of a package version's .deb (no epoch)."""
+    return f"{name}_{version.partition(':')[2] or version}_{arch}.deb"
+
+
+_FIELDS = ("Package", "Version", "Filename", "SHA256")
+
+
+def parse_packages(text: str) -> list[dict[str, str]]:
+    """The Package, Version, Filename and SHA256 fields of each stanza of a Packages index that
+    names a package and a version."""
+    stanzas = []
     for stanza in text.split("\n\n"):
-        name = version = None
+        fields = {}
         for line in stanza.splitlines():
-            if line.startswith("Package: "):
-                name = line[9:].strip()
-            elif line.startswith("Version: "):
-                version = line[9:].strip()
-        if name and version:
-            pairs.append((name, version))
-    return pairs
+            key, sep, value = line.partition(": ")
+            if sep and key in _FIELDS:
+                fields[key] = value.strip()
+        if "Package" in fields and "Version" in fields:
+            stanzas.append(fields)
+    return stanzas
 
 
 def _order(char: str) -> int:

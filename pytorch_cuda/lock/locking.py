@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.paths import ROOT, LOCKS
 from pytorch_cuda.lock import debian, indexes
@@ -46,17 +47,30 @@ def require_locked(cell: Cell) -> None:
     raise UserError(f"cell {cell.id} has no lock: run 'python build.py lock {cell.id}'")
 
 
-def apt_pins(os_: OS) -> dict[str, str]:
-    """The pinned apt versions of an OS ({} before the first lock)."""
+def _apt_lines(os_: OS) -> dict[str, tuple[str, str]]:
+    """name -> (version, sha256 or '') of an OS's apt lock ({} before the first lock)."""
     path = apt_lock_path(os_)
     if not path.exists():
         return {}
-    pins = {}
+    lines = {}
     for line in path.read_text().splitlines():
         if line and not line.startswith("#"):
-            name, _, version = line.partition("=")
-            pins[name] = version
-    return pins
+            pin, _, sha = line.partition(" sha256:")
+            name, _, version = pin.partition("=")
+            lines[name] = (version, sha)
+    return lines
+
+
+def apt_pins(os_: OS) -> dict[str, str]:
+    """The pinned apt versions of an OS ({} before the first lock)."""
+    return {name: version for name, (version, _) in _apt_lines(os_).items()}
+
+
+def package_manager_deb(os_: OS) -> tuple[str, str] | None:
+    """(version, SHA-256) of the locked .deb of names.PACKAGE_MANAGER, None before the lock
+    records it."""
+    version, sha = _apt_lines(os_).get(names.PACKAGE_MANAGER, ("", ""))
+    return (version, sha) if version and sha else None
 
 
 def check_apt_pins(os_: OS, mirrors: debian.Mirrors) -> None:
@@ -127,15 +141,18 @@ def lock_apt(matrix: Matrix, os_: OS, mirrors: debian.Mirrors) -> LockResult:
     if not os_.suite:
         return LockResult(os_.name, "skipped", "registry base: apt pins come from the image")
     available = debian.fetch_packages(mirrors, os_.suite)
-    names = sorted({p for g in ("runtime", *VARIANTS)
-                    for p in matrix.apt_packages(os_, g)})
-    missing = [n for n in names if n not in available]
+    packages = sorted({names.PACKAGE_MANAGER, *(p for g in ("runtime", *VARIANTS)
+                                                for p in matrix.apt_packages(os_, g))})
+    missing = [n for n in packages if n not in available]
     if missing:
         raise UserError(f"{matrix.source}: apt package(s) {', '.join(missing)} "
                         f"do not exist in Debian {os_.suite}")
-    body = "".join(f"{n}={available[n]}\n" for n in names)
+    _, sha = debian.locate_deb(mirrors, os_.suite, names.PACKAGE_MANAGER,
+                               available[names.PACKAGE_MANAGER])
+    body = "".join(f"{n}={available[n]}" + (f" sha256:{sha}" if n == names.PACKAGE_MANAGER else "")
+                   + "\n" for n in packages)
     _write(apt_lock_path(os_), f"# apt pins for {os_.name}, written by build.py lock\n{body}")
-    return LockResult(f"{os_.name} (apt)", "locked", f"{len(names)} packages")
+    return LockResult(f"{os_.name} (apt)", "locked", f"{len(packages)} packages")
 
 
 def lock_cell(matrix: Matrix, cell: Cell, uv: str) -> LockResult:

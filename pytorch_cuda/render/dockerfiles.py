@@ -17,7 +17,7 @@ from pytorch_cuda.build import wheelhouse
 from pytorch_cuda.lock import locking
 from pytorch_cuda.matrix import Image, Matrix
 
-APT_CLEANUP = ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -rf "
+APT_CLEANUP = (f"sed -i -E {shlex.quote(names.SHADOW_DATES)} /etc/shadow && rm -rf "
                + " ".join(names.VOLATILE_FILES))
 
 LEAVE_OUT_SCRIPT = IMAGE_FILES / "build" / "leave-out"
@@ -80,6 +80,14 @@ def pip_wheel(image: Image) -> tuple[str, str]:
     return f"{names.WHEELHOUSE_URL}{names.WHEELS_PATH}{name} {','.join(hashes)} {dest}", dest
 
 
+def package_manager(image: Image) -> tuple[str, str]:
+    """(`fetch` arguments, path) of the locked package-manager .deb dev installs back."""
+    locked_deb = wheelhouse.package_manager_file(image.cell)
+    name, sha = locked_deb or (f"{names.PACKAGE_MANAGER}.deb", UNLOCKED)
+    dest = f"{STEP_TMP}/{name}"
+    return f"{names.WHEELHOUSE_URL}{names.DEBS_PATH}{name} {sha} {dest}", dest
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
@@ -130,10 +138,10 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "python": cell.os.python,
         "base_ref": names.base_ref(cell),
         "apt_pins": pins,
-        "runtime_apt": matrix.apt_packages(cell.os, "runtime"),
         "variant_apt": matrix.apt_packages(cell.os, image.variant),
+        "package_manager": package_manager(image),
         "apt_cleanup": APT_CLEANUP,
-        "user_cleanup": ("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1:/' /etc/shadow && rm -f "
+        "user_cleanup": (f"sed -i -E {shlex.quote(names.SHADOW_DATES)} /etc/shadow && rm -f "
                          + " ".join(p for p in names.VOLATILE_FILES if p.startswith("/etc/"))),
         "fetch_fn": fetch_function(cell.os.python),
         "inputs": {
@@ -159,8 +167,8 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
         "settle": settle_mtimes(cell.os.bootstrap_epoch),
         "ports": matrix.raw["variants"][image.variant]["ports"],
     }
-    missing = [n for g in ("runtime_apt", "variant_apt")
-               for n in context[g] if n not in pins]
+    missing = [n for n in (*matrix.apt_packages(cell.os, "runtime"), *context["variant_apt"])
+               if n not in pins]
     if missing:
         raise UserError(f"{locking.apt_lock_path(cell.os).relative_to(ROOT)} has no pin for "
                         f"{', '.join(missing)}: run 'python build.py lock'")

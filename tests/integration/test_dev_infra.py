@@ -9,6 +9,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from testinfra.host import Host
 
+from pytorch_cuda.core import names
+from pytorch_cuda.lock import locking
+
 from .infra import app_user, listening_tcp_ports, wait_listening
 
 PORTS = {22, 8888}
@@ -93,6 +96,14 @@ def test_no_host_keys_in_the_image(dev_image, at_rest):
 def test_packages_present(dev_image, at_rest):
     missing = [name for name in PACKAGES if not at_rest.package(name).is_installed]
     assert not missing, f"{dev_image.name}: packages not installed: {missing}"
+
+
+def test_the_package_manager_is_back_at_its_locked_version(dev_image, at_rest):
+    version, _ = locking.package_manager_deb(dev_image.cell.os)
+    package = at_rest.package(names.PACKAGE_MANAGER)
+    assert package.is_installed and package.version == version, (
+        f"{dev_image.name}: {names.PACKAGE_MANAGER} is not installed at its locked {version}")
+    assert at_rest.run("apt-get check").rc == 0
 
 
 def test_dev_tools_on_path(dev_image, at_rest):

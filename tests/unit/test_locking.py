@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from pytorch_cuda.core import names
+from pytorch_cuda.core.errors import UserError
+from pytorch_cuda.core.paths import VERSIONS
 from pytorch_cuda.lock import debian
 from pytorch_cuda.lock import locking
+from pytorch_cuda.matrix import load_matrix
 
 
 @pytest.mark.parametrize("a, b, expected", [
@@ -24,8 +28,36 @@ def test_debian_version_order(a, b, expected):
 
 
 def test_parse_packages_index():
-    text = "Package: tini\nVersion: 0.19.0-1\nArchitecture: amd64\n\nPackage: make\nVersion: 4.3-4.1\n"
-    assert debian.parse_packages(text) == [("tini", "0.19.0-1"), ("make", "4.3-4.1")]
+    text = ("Package: tini\nVersion: 0.19.0-1\nArchitecture: amd64\nFilename: pool/main/t/tini/"
+            "tini_0.19.0-1_amd64.deb\nSHA256: ab12\n\nPackage: make\nVersion: 4.3-4.1\n\nFilename: x\n")
+    assert debian.parse_packages(text) == [
+        {"Package": "tini", "Version": "0.19.0-1", "Filename": "pool/main/t/tini/tini_0.19.0-1_amd64.deb",
+         "SHA256": "ab12"},
+        {"Package": "make", "Version": "4.3-4.1"}]
+
+
+def test_a_deb_is_located_in_the_archive_that_has_it(monkeypatch):
+    mirrors = debian.Mirrors("http://a.example/debian", "http://s.example/debian-security")
+    index = "Package: apt\nVersion: {}\nFilename: pool/{}/apt.deb\nSHA256: {}\n"
+    monkeypatch.setattr(debian, "_indexes", lambda *args: (
+        (mirrors.archive, index.format("2.6.1", "main", "11")),
+        (mirrors.security, index.format("2.6.2", "updates", "22"))))
+    assert debian.locate_deb(mirrors, "bookworm", "apt", "2.6.2") == (
+        "http://s.example/debian-security/pool/updates/apt.deb", "22")
+    with pytest.raises(UserError, match=r"^apt=9 is not in Debian bookworm at http://a\.example/debian$"):
+        debian.locate_deb(mirrors, "bookworm", "apt", "9")
+    assert debian.deb_name("openssh-server", "1:9.2p1-2") == "openssh-server_9.2p1-2_amd64.deb"
+
+
+def test_the_apt_lock_names_the_package_managers_deb_by_hash(tmp_path, monkeypatch):
+    os_ = load_matrix(VERSIONS).default_cell.os
+    lock = tmp_path / "apt.txt"
+    lock.write_text(f"# pins\n{names.PACKAGE_MANAGER}=2.6.2 sha256:{'a' * 64}\ntini=0.19.0-1\n")
+    monkeypatch.setattr(locking, "apt_lock_path", lambda os_: lock)
+    assert locking.apt_pins(os_) == {names.PACKAGE_MANAGER: "2.6.2", "tini": "0.19.0-1"}
+    assert locking.package_manager_deb(os_) == ("2.6.2", "a" * 64)
+    lock.write_text(f"{names.PACKAGE_MANAGER}=2.6.2\n")
+    assert locking.package_manager_deb(os_) is None
 
 
 def test_mirrors_from_an_apt_config(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 
 from pytorch_cuda.build import wheelhouse
 from pytorch_cuda.core import names
-from pytorch_cuda.lock import locking
+from pytorch_cuda.lock import debian, locking
 from pytorch_cuda.render import dockerfiles
 from pytorch_cuda.matrix import load_matrix
 from pytorch_cuda.core.paths import VERSIONS
@@ -47,6 +47,23 @@ def test_prod_is_hardened_in_the_dockerfile():
     final = prod.split("AS prod\n", 1)[1]
     assert "build-ca" not in final and "PIP_CERT" not in final
     assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.8"' in prod
+
+
+def test_no_shared_step_runs_the_package_manager_and_dev_installs_it_by_hash():
+    matrix = load_matrix(VERSIONS)
+    cell = matrix.default_cell
+    files = dockerfiles.render_tree(matrix)
+    version, sha = locking.package_manager_deb(cell.os)
+    deb = debian.deb_name(names.PACKAGE_MANAGER, version)
+    for variant in ("dev", "prod"):
+        text = files[f"{cell.id}/{variant}/Dockerfile"]
+        shared = text.split(f"AS {variant}\n", 1)[0]  # the base has no package manager to run
+        assert "apt-get" not in shared and "dpkg" not in shared
+    dev = files[f"{cell.id}/dev/Dockerfile"].split("AS dev\n", 1)[1]
+    fetched = f"{names.WHEELHOUSE_URL}{names.DEBS_PATH}{deb} {sha} {dockerfiles.STEP_TMP}/{deb}"
+    assert f"fetch {fetched} \\\n && dpkg -i {dockerfiles.STEP_TMP}/{deb} \\\n && apt-get update" in dev
+    prod = files[f"{cell.id}/prod/Dockerfile"].split("AS prod\n", 1)[1]
+    assert "apt-get" not in prod and "dpkg" not in prod  # nothing to remove
 
 
 def test_drift_is_listed(tmp_path: Path):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -11,7 +15,7 @@ from pytorch_cuda.build import wheelhouse
 from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.paths import VERSIONS
-from pytorch_cuda.lock import locking
+from pytorch_cuda.lock import debian, locking
 from pytorch_cuda.matrix import load_matrix
 
 
@@ -105,6 +109,50 @@ def test_an_engine_without_a_bridge_is_one_sentence():
 def test_a_locked_wheel_the_index_does_not_give_is_one_sentence(tmp_path: Path, monkeypatch):
     cell = load_matrix(VERSIONS).default_cell
     monkeypatch.setattr(wheelhouse, "_download", lambda *args: None)  # the index gave nothing
+    monkeypatch.setattr(wheelhouse, "_fill_package_manager", lambda *args: None)
     with pytest.raises(UserError, match=rf"^locks/{cell.id}/runtime\.txt: no wheel of \S+==\S+ "
                                          r"matches its hashes for this cell's Python and platform$"):
-        wheelhouse.fill(cell, None, tmp_path)
+        wheelhouse.fill(cell, None, debian.Mirrors("http://127.0.0.1:9", "http://127.0.0.1:9"),
+                        tmp_path)
+
+
+class _Archive(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        return
+
+
+def _locked_deb(tmp_path: Path, monkeypatch, data: bytes, locked_sha: str):
+    """A cell whose lock names the package manager's .deb, served from a real HTTP archive."""
+    cell = load_matrix(VERSIONS).default_cell
+    version = locking.apt_pins(cell.os)[names.PACKAGE_MANAGER]
+    pool = tmp_path / "archive"
+    pool.mkdir()
+    (pool / "the.deb").write_bytes(data)
+    monkeypatch.setattr(locking, "package_manager_deb", lambda os_: (version, locked_sha))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Archive, directory=str(pool)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/the.deb"
+    monkeypatch.setattr(debian, "locate_deb", lambda *args: (url, locked_sha))
+    return cell, server
+
+
+def test_the_package_manager_deb_is_downloaded_and_checked(tmp_path: Path, monkeypatch):
+    data = b"a deb"
+    cell, server = _locked_deb(tmp_path, monkeypatch, data, hashlib.sha256(data).hexdigest())
+    with server:
+        wheelhouse._fill_package_manager(cell, debian.Mirrors("x", "x"), tmp_path / "house")
+        name, _ = wheelhouse.package_manager_file(cell)
+        assert (tmp_path / "house" / names.DEBS_PATH.strip("/") / name).read_bytes() == data
+        server.shutdown()  # present and intact: no second download
+        wheelhouse._fill_package_manager(cell, debian.Mirrors("x", "x"), tmp_path / "house")
+
+
+def test_a_package_manager_deb_with_another_hash_is_one_sentence(tmp_path: Path, monkeypatch):
+    cell, server = _locked_deb(tmp_path, monkeypatch, b"tampered", "0" * 64)
+    with server, pytest.raises(UserError, match=rf"^locks/{cell.os.name}/apt\.txt: "
+                                                 rf"{names.PACKAGE_MANAGER}=\S+ from \S+ has sha256 "
+                                                 r"[0-9a-f]{64}, not the locked one$"):
+        wheelhouse._fill_package_manager(cell, debian.Mirrors("x", "x"), tmp_path / "house")
+    assert not list((tmp_path / "house").rglob("*.deb"))
+    server.shutdown()
