@@ -65,7 +65,8 @@ def test_dev_and_prod_share_the_heavy_layers(dev_image, prod_image, client):
     prod = client.images.get(prod_image.ref()).attrs["RootFS"]["Layers"]
     shared = next((i for i, (a, b) in enumerate(zip(dev, prod, strict=False)) if a != b),
                   min(len(dev), len(prod)))
-    assert shared >= 3, f"dev and prod share only {shared} layers: {dev[:4]} vs {prod[:4]}"
+    # the base (the OS and the packages every image runs with) and the heavy runtime layer
+    assert shared >= 2, f"dev and prod share only {shared} layers: {dev[:3]} vs {prod[:3]}"
 
 
 def _largest_own_files(client: docker.DockerClient, image_id: str, own: set[str],

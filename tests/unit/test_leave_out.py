@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib.machinery
 import importlib.util
+import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from pytorch_cuda.build import wheelhouse
 from pytorch_cuda.core.paths import IMAGE_FILES
 
 SCRIPT = IMAGE_FILES / "build" / "leave-out"
@@ -71,9 +76,9 @@ def test_a_wheel_name_stands_for_every_tag_it_combines(leave_out):
         "cp311-cp311-manylinux_2_27_x86_64", "cp311-cp311-manylinux_2_28_x86_64"}
 
 
-def _demo(site: Path, wheels: Path, header: bytes) -> str:
+def _demo(site: Path, wheels: Path, header: bytes, padding: int = 0) -> None:
     """An installed distribution `demo` (RECORD lists a header and a compiled module) and its
-    wheel on a wheel page; returns the wheel's SHA-256."""
+    wheel on a wheel page, `padding` bytes of other data stored before the header."""
     import base64
     import hashlib
     import py_compile
@@ -101,20 +106,28 @@ def _demo(site: Path, wheels: Path, header: bytes) -> str:
     wheel = wheels / "demo-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("demo/__init__.py", source)
+        if padding:
+            zf.writestr("demo/data.bin", os.urandom(padding))
         zf.writestr("demo/include/demo.h", b"#define DEMO 1\n")
-    return hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+
+class _Counting(wheelhouse._Handler):
+    """The wheelhouse's handler, counting the bytes of file data it sends."""
+
+    sent = 0
+
+    def copyfile(self, source, outputfile) -> None:
+        data = source.read()
+        type(self).sent += len(data)
+        outputfile.write(data)
 
 
 @pytest.fixture()
 def wheel_page(tmp_path: Path):
-    """A wheel page served over HTTP from tmp_path/wheels."""
-    import functools
-    import http.server
-    import threading
-
+    """A wheel page served over HTTP from tmp_path/wheels by the wheelhouse's handler."""
     (tmp_path / "wheels").mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *_: None
+    _Counting.sent = 0
+    handler = functools.partial(_Counting, directory=str(tmp_path))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         yield f"http://127.0.0.1:{server.server_address[1]}/wheels/"
@@ -124,43 +137,57 @@ def wheel_page(tmp_path: Path):
 def test_files_left_out_come_back_from_the_locked_wheel(leave_out, tmp_path, wheel_page, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     site = tmp_path / "site"
-    sha = _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
+    _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
     pyc = next((site / "demo" / "__pycache__").glob("*.pyc"))
     (site / "demo" / "include" / "demo.h").unlink()
     pyc.unlink()
-    lock = {"demo": ("demo==1.0\n", {sha})}
-    assert leave_out.restore_files(site, wheel_page, lock, [["demo", "include"], ["demo", "__pycache__"]]) == 2
+    assert leave_out.restore_files(site, wheel_page, [["demo", "include"], ["demo", "__pycache__"]]) == 2
     assert (site / "demo" / "include" / "demo.h").read_bytes() == b"#define DEMO 1\n"
     assert pyc.exists()
-    assert leave_out.restore_files(site, wheel_page, lock, [["demo", "include"]]) == 0  # nothing missing
+    assert leave_out.restore_files(site, wheel_page, [["demo", "include"]]) == 0  # nothing missing
 
 
-def test_a_wheel_that_is_not_the_locked_one_stops_the_step(leave_out, tmp_path, wheel_page, capsys):
+def test_only_the_members_put_back_cross_the_network(leave_out, tmp_path, wheel_page, monkeypatch):
+    monkeypatch.setattr(leave_out.RemoteFile, "BLOCK", 64 << 10)
     site = tmp_path / "site"
+    _demo(site, tmp_path / "wheels", b"#define DEMO 1\n", padding=4 << 20)
+    (site / "demo" / "include" / "demo.h").unlink()
+    assert leave_out.restore_files(site, wheel_page, [["demo", "include"]]) == 1
+    assert (site / "demo" / "include" / "demo.h").read_bytes() == b"#define DEMO 1\n"
+    wheel = tmp_path / "wheels" / "demo-1.0-py3-none-any.whl"
+    assert wheel.stat().st_size > 4 << 20 and _Counting.sent < 200 << 10
+
+
+def test_a_server_without_byte_ranges_stops_the_step(leave_out, tmp_path, capsys):
+    site = tmp_path / "site"
+    (tmp_path / "wheels").mkdir()
     _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
     (site / "demo" / "include" / "demo.h").unlink()
-    with pytest.raises(SystemExit):
-        leave_out.restore_files(site, wheel_page, {"demo": ("demo==1.0\n", {"0" * 64})},
-                                [["demo", "include"]])
-    assert "does not match its hashes in the lock" in capsys.readouterr().out
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *_: None
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        page = f"http://127.0.0.1:{server.server_address[1]}/wheels/"
+        with pytest.raises(SystemExit):
+            leave_out.restore_files(site, page, [["demo", "include"]])
+        server.shutdown()
+    assert "does not serve byte ranges (HTTP 200)" in capsys.readouterr().out
 
 
 def test_a_file_that_is_not_the_recorded_one_stops_the_step(leave_out, tmp_path, wheel_page, capsys):
     site = tmp_path / "site"
-    sha = _demo(site, tmp_path / "wheels", b"#define OTHER 2\n")  # RECORD names other bytes
+    _demo(site, tmp_path / "wheels", b"#define OTHER 2\n")  # RECORD names other bytes
     (site / "demo" / "include" / "demo.h").unlink()
     with pytest.raises(SystemExit):
-        leave_out.restore_files(site, wheel_page, {"demo": ("demo==1.0\n", {sha})},
-                                [["demo", "include"]])
+        leave_out.restore_files(site, wheel_page, [["demo", "include"]])
     assert "demo/include/demo.h put back for demo does not match its RECORD" in capsys.readouterr().out
 
 
 def test_a_compiled_file_put_back_is_hash_based(leave_out, tmp_path, wheel_page, monkeypatch, capsys):
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)  # timestamp-based: not reproducible
     site = tmp_path / "site"
-    sha = _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
+    _demo(site, tmp_path / "wheels", b"#define DEMO 1\n")
     next((site / "demo" / "__pycache__").glob("*.pyc")).unlink()
     with pytest.raises(SystemExit):
-        leave_out.restore_files(site, wheel_page, {"demo": ("demo==1.0\n", {sha})},
-                                [["demo", "__pycache__"]])
+        leave_out.restore_files(site, wheel_page, [["demo", "__pycache__"]])
     assert "is not a hash-based .pyc of its source" in capsys.readouterr().out
