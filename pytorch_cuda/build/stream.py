@@ -15,6 +15,8 @@ SUCCESS_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
 PY_DOWNLOAD_RE = re.compile(r"^\s*Downloading (?!" + re.escape(WHEELHOUSE_URL) + r")\S")
 """pip fetching a file from an index (not from the host's wheelhouse)."""
 APT_FETCH_RE = re.compile(r"^Get:\d+ ")
+COLOR_RE = re.compile(r"\x1b\[[0-9;]*m")
+"""The colour codes the engine wraps a step's stderr in."""
 TAIL_LINES = 40
 
 
@@ -58,7 +60,7 @@ class BuildOutput:
             return
         if isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
             self.image_id = chunk["aux"]["ID"]
-        for line in chunk.get("stream", "").splitlines():
+        for line in COLOR_RE.sub("", chunk.get("stream", "")).splitlines():
             self._line(line)
 
     def _line(self, line: str) -> None:

@@ -31,7 +31,7 @@ import docker.errors
 
 from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
-from pytorch_cuda.core.paths import IMAGE_FILES, LOCKS, STATE
+from pytorch_cuda.core.paths import IMAGE_FILES, LOCKS, ROOT, STATE, TOOLS_LOCK
 from pytorch_cuda.core.progress import human_bytes, say
 from pytorch_cuda.lock import debian, indexes, locking
 from pytorch_cuda.matrix import Cell
@@ -78,33 +78,39 @@ def wheel_hashes(folder: Path) -> dict[str, str]:
     return {entry[2]: name for name, entry in fresh.items()}
 
 
+def runs_here(filename: str) -> bool:
+    """Whether a wheel's platform tags name the locks' platform (or any)."""
+    return bool(set(filename.removesuffix(".whl").split("-")[-1].split(".")) & {*platforms(), "any"})
+
+
 def compatible(filename: str, python: str) -> bool:
     """Whether a wheel (by its file name's tags) installs on CPython `python` (e.g. '3.11') on
     the locks' platform."""
-    pys, abis, plats = (set(part.split(".")) for part in filename.removesuffix(".whl").split("-")[-3:])
+    pys, abis = (set(part.split(".")) for part in filename.removesuffix(".whl").split("-")[-3:-1])
     version = python.replace(".", "")
     minor = int(python.split(".")[1])
     cpython = {f"cp{version}"} | ({f"cp3{m}" for m in range(minor + 1)} if "abi3" in abis else set())
     return (bool(pys & (cpython | {"py3", f"py{version}"}))
-            and bool(abis & {f"cp{version}", "abi3", "none"})
-            and bool(plats & {*platforms(), "any"}))
+            and bool(abis & {f"cp{version}", "abi3", "none"}) and runs_here(filename))
 
 
-def locked(cell: Cell) -> dict[str, list[locking.Locked]]:
-    """The locked requirements of a cell, per lock group."""
-    return {group: locking.locked_requirements(locking.pip_lock_path(cell, group))
-            for group in locking.GROUPS}
+def locked(cell: Cell) -> dict[Path, list[locking.Locked]]:
+    """The locked requirements a build of the cell installs, per lock file: its runtime, dev and
+    prod locks, and the uv that installs them."""
+    return {**{locking.pip_lock_path(cell, group): locking.locked_requirements(
+                   locking.pip_lock_path(cell, group)) for group in locking.GROUPS},
+            TOOLS_LOCK: [locking.installer()]}
 
 
 def missing(cell: Cell, have: dict[str, str],
-            wanted: dict[str, list[locking.Locked]] | None = None) -> dict[str, list[locking.Locked]]:
-    """Per lock group, the locked requirements (`wanted`, default: the cell's locks) with no wheel
-    in `have` (SHA-256 -> file name) that matches one of their hashes and installs on the cell's
+            wanted: dict[Path, list[locking.Locked]] | None = None) -> dict[Path, list[locking.Locked]]:
+    """Per lock file, the locked requirements (`wanted`, default: the cell's) with no wheel in
+    `have` (SHA-256 -> file name) that matches one of their hashes and installs on the cell's
     Python."""
     usable = {sha for sha, name in have.items() if compatible(name, cell.os.python)}
-    absent = {group: [r for r in requirements if not r.hashes & usable]
-              for group, requirements in (wanted or locked(cell)).items()}
-    return {group: requirements for group, requirements in absent.items() if requirements}
+    absent = {lock: [r for r in requirements if not r.hashes & usable]
+              for lock, requirements in (wanted or locked(cell)).items()}
+    return {lock: requirements for lock, requirements in absent.items() if requirements}
 
 
 def fill(cell: Cell, ca: Path | None, mirrors: debian.Mirrors, root: Path = DEFAULT) -> None:
@@ -115,17 +121,18 @@ def fill(cell: Cell, ca: Path | None, mirrors: debian.Mirrors, root: Path = DEFA
     wheels.mkdir(parents=True, exist_ok=True)
     wanted = locked(cell)
     absent = missing(cell, wheel_hashes(wheels), wanted)
-    for group, requirements in absent.items():
-        say(f"wheelhouse: downloading {len(requirements)} locked wheel(s) of {cell.id} {group} "
-            f"({', '.join(r.name for r in requirements[:4])}{', ...' if len(requirements) > 4 else ''})")
-        _download(cell, group, requirements, ca, wheels)
+    for lock, requirements in absent.items():
+        say(f"wheelhouse: downloading {len(requirements)} locked wheel(s) of {cell.id} "
+            f"{lock.relative_to(ROOT)} ({', '.join(r.name for r in requirements[:4])}"
+            f"{', ...' if len(requirements) > 4 else ''})")
+        _download(cell, lock, requirements, ca, wheels)
     have = wheel_hashes(wheels)
     still = missing(cell, have, wanted)
     if still:
-        group, requirements = next(iter(still.items()))
-        raise UserError(f"{locking.pip_lock_path(cell, group).relative_to(LOCKS.parent)}: no wheel "
-                        f"of {requirements[0].name}=={requirements[0].version} matches its hashes "
-                        "for this cell's Python and platform")
+        lock, requirements = next(iter(still.items()))
+        raise UserError(f"{lock.relative_to(ROOT)}: no wheel of {requirements[0].name}=="
+                        f"{requirements[0].version} matches its hashes for this cell's Python "
+                        "and platform")
     count = sum(len(requirements) for requirements in wanted.values())
     size = sum((wheels / name).stat().st_size for name in have.values())
     say(f"wheelhouse: the {count} locked wheels of {cell.id} are on this machine "
@@ -162,7 +169,7 @@ def _fill_package_manager(cell: Cell, mirrors: debian.Mirrors, root: Path) -> No
         raise UserError(f"cannot download {url}: {getattr(exc, 'reason', None) or exc}") from None
     got = hashlib.sha256(data).hexdigest()
     if got != sha:
-        raise UserError(f"{locking.apt_lock_path(cell.os).relative_to(LOCKS.parent)}: "
+        raise UserError(f"{locking.apt_lock_path(cell.os).relative_to(ROOT)}: "
                         f"{names.PACKAGE_MANAGER}={version} from {url} has sha256 {got}, not the "
                         "locked one")
     scratch = target.with_suffix(".tmp")
@@ -170,7 +177,7 @@ def _fill_package_manager(cell: Cell, mirrors: debian.Mirrors, root: Path) -> No
     scratch.replace(target)
 
 
-def _download(cell: Cell, group: str, requirements: list[locking.Locked], ca: Path | None,
+def _download(cell: Cell, lock: Path, requirements: list[locking.Locked], ca: Path | None,
               wheels: Path) -> None:
     """pip download, hash-checked, into a scratch folder; only complete wheels move in."""
     python = cell.os.python
@@ -191,7 +198,8 @@ def _download(cell: Cell, group: str, requirements: list[locking.Locked], ca: Pa
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if proc.returncode != 0:
             tail = " ".join(proc.stderr.strip().splitlines()[-2:])
-            raise UserError(f"cannot download the locked wheels of {cell.id} ({group}): {tail}")
+            raise UserError(f"cannot download the locked wheels of {cell.id} "
+                            f"({lock.relative_to(ROOT)}): {tail}")
         for path in Path(tmp).glob("*.whl"):
             path.replace(wheels / path.name)
 
@@ -242,8 +250,23 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return
 
 
+def _publish_installer(root: Path) -> None:
+    """Put the locked uv wheel that runs on the locks' platform at tools/uv.whl (if it is here)."""
+    hashes = locking.installer().hashes
+    folder = root / names.WHEELS_PATH.strip("/")
+    found = sorted(name for sha, name in (wheel_hashes(folder) if folder.is_dir() else {}).items()
+                   if sha in hashes and runs_here(name))
+    if found:
+        target = root / names.TOOLS_PATH.strip("/") / names.UV_WHEEL
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_suffix(".tmp")
+        shutil.copyfile(folder / found[0], scratch)
+        scratch.replace(target)
+
+
 def _publish_inputs(root: Path) -> None:
-    """Put every file a step may fetch at inputs/<sha256>."""
+    """Put every file a step may fetch at inputs/<sha256>, and the uv wheel at tools/uv.whl."""
+    _publish_installer(root)
     folder = root / names.INPUTS_PATH.strip("/")
     folder.mkdir(parents=True, exist_ok=True)
     for top in SERVED_INPUTS:

@@ -18,9 +18,11 @@ WHEELHOUSE_URL = f"http://{WHEELHOUSE_HOST}:{WHEELHOUSE_PORT}"
 WHEELS_PATH = "/wheels/"
 INPUTS_PATH = "/inputs/"
 DEBS_PATH = "/debs/"
-"""The wheelhouse's folders: the locked wheels (pip's --find-links page), the files a step fetches
-by their SHA-256 (locks and build scripts, which a final stage must not COPY) and the locked
-package manager's .deb."""
+TOOLS_PATH = "/tools/"
+UV_WHEEL = "uv.whl"
+"""The wheelhouse's folders: the locked wheels (the --find-links page), the files a step fetches
+by their SHA-256 (locks and build scripts, which a final stage must not COPY), the locked
+package manager's .deb, and the locked uv wheel for this platform under a fixed name."""
 PACKAGE_MANAGER = "apt"
 """The Debian package that no shared layer holds: the bootstrap purges it from the base (prod must
 not have it, and deleting it in a later step would leave whiteouts stamped with the build's time);

@@ -10,6 +10,8 @@ IMAGES = ROOT / "images"
 LOCKS = ROOT / "locks"
 SERVER = ROOT / "server"
 STATE = ROOT / ".build"
+TOOLS_LOCK = ROOT / "requirements-bootstrap.txt"
+"""The hash-locked uv: it sets up the host tools and installs the images' Python environments."""
 
 SERVER_PACKAGE = SERVER / "ptserve"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
-from pytorch_cuda.core.paths import ROOT, LOCKS
+from pytorch_cuda.core.paths import ROOT, LOCKS, TOOLS_LOCK
 from pytorch_cuda.lock import debian, indexes
 from pytorch_cuda.matrix import OS, VARIANTS, Cell, Matrix
 
@@ -121,6 +121,14 @@ def locked_requirements(path: Path) -> list[Locked]:
                               frozenset(re.findall(r"--hash=sha256:([0-9a-f]{64})", block)),
                               block + "\n"))
     return out
+
+
+def installer() -> Locked:
+    """The locked uv that installs the images' Python environments (TOOLS_LOCK)."""
+    found = next((r for r in locked_requirements(TOOLS_LOCK) if r.name == "uv"), None)
+    if found is None:
+        raise UserError(f"{TOOLS_LOCK.relative_to(ROOT)} does not lock uv")
+    return found
 
 
 def _norm(name: str) -> str:

@@ -23,8 +23,14 @@ APT_CLEANUP = (f"sed -i -E {shlex.quote(names.SHADOW_DATES)} /etc/shadow && rm -
 LEAVE_OUT_SCRIPT = IMAGE_FILES / "build" / "leave-out"
 STEP_TMP = "/tmp/ptc"
 """Where a step keeps what it fetched, removed before it ends."""
-PIP_OPTIONS = (f"--no-cache-dir --no-index --find-links {names.WHEELHOUSE_URL}{names.WHEELS_PATH} "
-               f"--trusted-host {names.WHEELHOUSE_HOST} --no-deps --require-hashes --only-binary :all:")
+UV = f"{STEP_TMP}/uv"
+UV_OPTIONS = (f"--no-config --color never --no-cache --no-index --find-links {names.WHEELHOUSE_URL}{names.WHEELS_PATH} "
+              "--no-deps --require-hashes --only-binary :all: --compile-bytecode")
+"""How a step installs a locked environment: the locked uv, from the wheelhouse only, every wheel
+hash-checked, bytecode compiled (hash-based: the step sets SOURCE_DATE_EPOCH)."""
+UNPACK_UV = ("'import sys,zipfile;z=zipfile.ZipFile(sys.argv[1]);open(sys.argv[2],\"wb\").write("
+             "z.read(next(n for n in z.namelist() if n.endswith(\".data/scripts/uv\"))))'")
+"""Takes the uv program out of its wheel (a step has no uv before it fetches one)."""
 
 PRIVATE_MOUNTS = ("/proc", "/sys", "/dev", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf",
                   "/etc/mtab", "/.dockerenv")
@@ -66,26 +72,24 @@ def fetch_input(path: Path, dest: str) -> str:
     return f"{names.WHEELHOUSE_URL}{names.INPUTS_PATH}{sha} {sha} {dest}"
 
 
-def pip_wheel(image: Image) -> tuple[str, str]:
-    """(`fetch` arguments, path) of the locked pip wheel a step installs the runtime with (its
-    version from the matrix, its hashes from the runtime lock)."""
-    cell = image.cell
-    version = next(r.split("==", 1)[1] for r in cell.matrix.pip_requirements(cell, "runtime")
-                   if r.startswith("pip=="))
-    lock = locking.pip_lock_path(cell, "runtime")
-    hashes = sorted(next((r.hashes for r in locking.locked_requirements(lock) if r.name == "pip"),
-                         frozenset()) if lock.exists() else ()) or [UNLOCKED]
-    name = f"pip-{version}-py3-none-any.whl"
-    dest = f"{STEP_TMP}/{name}"
-    return f"{names.WHEELHOUSE_URL}{names.WHEELS_PATH}{name} {','.join(hashes)} {dest}", dest
-
-
 def package_manager(image: Image) -> tuple[str, str]:
     """(`fetch` arguments, path) of the locked package-manager .deb dev installs back."""
     locked_deb = wheelhouse.package_manager_file(image.cell)
     name, sha = locked_deb or (f"{names.PACKAGE_MANAGER}.deb", UNLOCKED)
     dest = f"{STEP_TMP}/{name}"
     return f"{names.WHEELHOUSE_URL}{names.DEBS_PATH}{name} {sha} {dest}", dest
+
+
+def installer(image: Image) -> dict[str, str]:
+    """How a step gets the locked uv: `fetch` arguments (the wheelhouse's copy of the uv wheel for
+    this platform, any of the lock's hashes) and the command that unpacks it to UV."""
+    hashes = ",".join(sorted(locking.installer().hashes))
+    wheel = f"{STEP_TMP}/uv.whl"
+    return {
+        "fetch": f"{names.WHEELHOUSE_URL}{names.TOOLS_PATH}{names.UV_WHEEL} {hashes} {wheel}",
+        "unpack": f"python{image.cell.os.python} -c {UNPACK_UV} {wheel} {UV} && chmod 0755 {UV}",
+        "bin": UV,
+    }
 
 
 def _environment() -> jinja2.Environment:
@@ -149,8 +153,8 @@ def render_image(env: jinja2.Environment, image: Image) -> str:
             "dev": fetch_input(locking.pip_lock_path(cell, "dev"), f"{STEP_TMP}/dev.txt"),
             "leave_out": fetch_input(LEAVE_OUT_SCRIPT, f"{STEP_TMP}/leave-out"),
         },
-        "pip_wheel": pip_wheel(image),
-        "pip_options": PIP_OPTIONS,
+        "uv": installer(image),
+        "uv_options": UV_OPTIONS,
         "wheels_url": names.WHEELHOUSE_URL + names.WHEELS_PATH,
         "step_tmp": STEP_TMP,
         "path_runtime": names.path_env("/opt/venv"),

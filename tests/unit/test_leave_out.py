@@ -76,9 +76,10 @@ def test_a_wheel_name_stands_for_every_tag_it_combines(leave_out):
         "cp311-cp311-manylinux_2_27_x86_64", "cp311-cp311-manylinux_2_28_x86_64"}
 
 
-def _demo(site: Path, wheels: Path, header: bytes, padding: int = 0) -> None:
-    """An installed distribution `demo` (RECORD lists a header and a compiled module) and its
-    wheel on a wheel page, `padding` bytes of other data stored before the header."""
+def _demo(site: Path, wheels: Path, header: bytes, padding: int = 0, record_pyc: bool = True) -> None:
+    """An installed distribution `demo` (RECORD lists a header and, as pip writes it, the
+    compiled module) and its wheel on a wheel page, `padding` bytes of other data stored before
+    the header."""
     import base64
     import hashlib
     import py_compile
@@ -101,8 +102,8 @@ def _demo(site: Path, wheels: Path, header: bytes, padding: int = 0) -> None:
     (info / "RECORD").write_text(
         f"demo/__init__.py,{record_hash(source)},{len(source)}\n"
         f"demo/include/demo.h,{record_hash(header)},{len(header)}\n"
-        f"{pyc_path},{record_hash(Path(pyc).read_bytes())},\n"
-        "demo-1.0.dist-info/RECORD,,\n")
+        + (f"{pyc_path},{record_hash(Path(pyc).read_bytes())},\n" if record_pyc else "")
+        + "demo-1.0.dist-info/RECORD,,\n")
     wheel = wheels / "demo-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("demo/__init__.py", source)
@@ -145,6 +146,19 @@ def test_files_left_out_come_back_from_the_locked_wheel(leave_out, tmp_path, whe
     assert (site / "demo" / "include" / "demo.h").read_bytes() == b"#define DEMO 1\n"
     assert pyc.exists()
     assert leave_out.restore_files(site, wheel_page, [["demo", "include"]]) == 0  # nothing missing
+
+
+def test_a_module_put_back_is_compiled_though_record_omits_its_pyc(leave_out, tmp_path, wheel_page,
+                                                                  monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")  # as uv installs: RECORD lists no .pyc
+    site = tmp_path / "site"
+    _demo(site, tmp_path / "wheels", b"#define DEMO 1\n", record_pyc=False)
+    pyc = next((site / "demo" / "__pycache__").glob("*.pyc"))
+    compiled = pyc.read_bytes()
+    (site / "demo" / "__init__.py").unlink()
+    pyc.unlink()
+    assert leave_out.restore_files(site, wheel_page, [["demo", "__init__.py"]]) == 1
+    assert pyc.read_bytes() == compiled  # hash-based, as the installer wrote it
 
 
 def test_only_the_members_put_back_cross_the_network(leave_out, tmp_path, wheel_page, monkeypatch):

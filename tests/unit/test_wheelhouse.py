@@ -14,7 +14,7 @@ import pytest
 from pytorch_cuda.build import wheelhouse
 from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
-from pytorch_cuda.core.paths import VERSIONS
+from pytorch_cuda.core.paths import TOOLS_LOCK, VERSIONS
 from pytorch_cuda.lock import debian, locking
 from pytorch_cuda.matrix import load_matrix
 
@@ -41,16 +41,19 @@ def test_the_platforms_start_at_the_locks_platform():
 def test_a_wheel_counts_only_when_its_hash_is_locked_and_it_installs_here():
     cell = load_matrix(VERSIONS).default_cell
     tag = f"cp{cell.os.python.replace('.', '')}"
-    locked = {g: locking.locked_requirements(locking.pip_lock_path(cell, g)) for g in locking.GROUPS}
-    assert set(wheelhouse.missing(cell, {})) == set(locking.GROUPS)
+    locks = {locking.pip_lock_path(cell, g) for g in locking.GROUPS} | {TOOLS_LOCK}
+    locked = wheelhouse.locked(cell)
+    assert set(locked) == locks and locked[TOOLS_LOCK] == [locking.installer()]
+    assert set(wheelhouse.missing(cell, {})) == locks
     every = {sha: f"x-1-{tag}-{tag}-manylinux_2_17_x86_64.whl"
              for rs in locked.values() for r in rs for sha in r.hashes}
     assert wheelhouse.missing(cell, every) == {}
     wrong_python = {sha: "x-1-cp39-cp39-manylinux_2_17_x86_64.whl" for sha in every}
-    assert set(wheelhouse.missing(cell, wrong_python)) == set(locking.GROUPS)
-    torch = next(r for r in locked["runtime"] if r.name == "torch")
+    assert set(wheelhouse.missing(cell, wrong_python)) == locks
+    runtime = locking.pip_lock_path(cell, "runtime")
+    torch = next(r for r in locked[runtime] if r.name == "torch")
     without_torch = {sha: name for sha, name in every.items() if sha not in torch.hashes}
-    assert wheelhouse.missing(cell, without_torch) == {"runtime": [torch]}
+    assert wheelhouse.missing(cell, without_torch) == {runtime: [torch]}
 
 
 def test_hashes_are_kept_beside_the_wheels_and_follow_a_changed_file(tmp_path: Path):
