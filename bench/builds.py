@@ -4,7 +4,9 @@
   cache at all (the base image is kept), then prod with only what the dev build
   just made as its cache (`cache_from`), as a first `make image` on a fresh
   machine would; versus a naive single-stage
-  Dockerfile (below) on the same base, also with no cache. Runs alternate.
+  Dockerfile (below), also with no cache, on the stock base a hand-written
+  image starts from (bootstrapped like the project's, with apt and nothing
+  else). Runs alternate.
 * no-op: dev and prod again from the unchanged context, cache on.
 * dev-only change: dev with one LABEL added at the top of its final stage,
   so every step of that stage runs again; the build output is searched for
@@ -26,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pytorch_cuda.base import bootstrap
 from pytorch_cuda.build import buildenv, builder, wheelhouse
 from pytorch_cuda.build.stream import BuildOutput
 from pytorch_cuda.core import names
@@ -161,11 +164,11 @@ def with_dev_change(context: bytes, dockerfile: str, line: str) -> bytes:
     return out.getvalue()
 
 
-def naive_context(session: Session, ca: bytes) -> tuple[bytes, str]:
-    """The naive single-stage Dockerfile (with the host CA bundle for pip) as a context tar."""
+def naive_context(session: Session, ca: bytes, base: str) -> tuple[bytes, str]:
+    """The naive single-stage Dockerfile on `base` (with the host CA bundle for pip) as a context
+    tar."""
     cell = session.cell
-    text = NAIVE_DOCKERFILE.format(base=session.base_ref, python=cell.os.python,
-                                   torch=cell.torch_requirement)
+    text = NAIVE_DOCKERFILE.format(base=base, python=cell.os.python, torch=cell.torch_requirement)
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in (("Dockerfile", text.encode()), ("ca.crt", ca)):
@@ -256,8 +259,10 @@ def _cold(session: Session, context: bytes, ca: Path | None, args: dict[str, str
     """Cold project builds (from an empty wheelhouse) alternating with naive builds."""
     cell = session.cell
     result: dict = {}
-    naive_ctx, naive_text = naive_context(session, ca.read_bytes() if ca else b"")
     mirrors = builder.archive(cell, builder.BuildOptions())
+    bootstrap.ensure_base(session.client, cell, mirrors, stock=True)
+    naive_ctx, naive_text = naive_context(session, ca.read_bytes() if ca else b"",
+                                          names.base_ref(cell) + bootstrap.STOCK_SUFFIX)
     cold: list[tuple[Built, Built]] = []
     wheels_s: list[float] = []
     naive: list[Built] = []

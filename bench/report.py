@@ -205,7 +205,7 @@ def _build(data: dict) -> list[str]:
          f"steps from the dev build); same image IDs as the tagged ones: dev "
          f"{'yes' if same['dev'] else 'no'}, prod {'yes' if same['prod'] else 'no'}"
          + _saved(cold.get("normalize_saved"))],
-        ["naive single-stage Dockerfile, no cache, same base", minutes(naive["seconds"]),
+        ["naive single-stage Dockerfile, no cache, stock base", minutes(naive["seconds"]),
          "`pip install torch` into a venv (below); not normalized"],
     ]
     for variant in ("dev", "prod"):
@@ -381,7 +381,9 @@ METHOD = """\
   engine already holds (the tagged images of the same commit) is not loaded
   again, so this is the cold build of a machine that built the commit before;
   on a fresh machine every layer is loaded (time `make image` there). The naive
-  Dockerfile is built with `nocache` on the same base and not normalized. Python
+  Dockerfile is built with `nocache` and not normalized, on the stock base a
+  hand-written image starts from: the same bootstrap with apt and nothing else
+  (the project's base carries the runtime packages and no apt). Python
   wheels come from the network each time (the project's through the empty
   wheelhouse), so the index's speed is part of both figures.
 - **No-op rebuild**: the same context again, cache on, then normalization

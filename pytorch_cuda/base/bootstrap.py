@@ -36,17 +36,23 @@ DPKG_OPTS = (
     "path-exclude=/usr/share/locale/*", "path-include=/usr/share/locale/locale.alias",
 )
 INPUTS_LABEL = names.label("base-inputs")
+STOCK_SUFFIX = "-stock"
 
 
-def ensure_base(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors) -> str:
-    """Make the cell's base image present; return its image ID."""
-    ref = names.base_ref(cell)
+def ensure_base(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors,
+                stock: bool = False) -> str:
+    """Make the cell's base image present; return its image ID. `stock`: the plain bootstrap a
+    hand-written Dockerfile starts from instead (apt kept, no runtime packages; the bench's
+    naive image), tagged STOCK_SUFFIX after the base's tag."""
+    ref = names.base_ref(cell) + (STOCK_SUFFIX if stock else "")
     if cell.os.base_image:
         return _pull_by_digest(client, ref)
     epoch = cell.os.bootstrap_epoch or 0
+    purge = "" if stock else names.PACKAGE_MANAGER
     inputs = {
-        "suite": cell.os.suite, "variant": cell.os.bootstrap_variant, "include": includes(cell),
-        "purge": names.PACKAGE_MANAGER, "shadow": names.SHADOW_DATES,
+        "suite": cell.os.suite, "variant": cell.os.bootstrap_variant,
+        "include": list(INCLUDE) if stock else includes(cell),
+        "purge": purge, "shadow": names.SHADOW_DATES,
         "dpkg": DPKG_OPTS, "sources": mirrors.sources(cell.os.suite or ""), "epoch": epoch,
         "volatile": names.VOLATILE_FILES,
     }
@@ -58,7 +64,7 @@ def ensure_base(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors
             return image.id
     except docker.errors.ImageNotFound:
         pass
-    return _bootstrap(client, cell, mirrors, ref, key, epoch)
+    return _bootstrap(client, cell, mirrors, ref, key, epoch, inputs["include"], purge)
 
 
 def includes(cell: Cell) -> list[str]:
@@ -89,17 +95,17 @@ def _pull_by_digest(client: docker.DockerClient, ref: str) -> str:
 
 
 def _bootstrap(client: docker.DockerClient, cell: Cell, mirrors: debian.Mirrors, ref: str,
-               key: str, epoch: int) -> str:
+               key: str, epoch: int, include: list[str], purge: str) -> str:
     """Bootstrap a rootfs with mmdebstrap and load it as an image with a fixed config."""
     mmdebstrap = ensure_tool("mmdebstrap", "mmdebstrap")
     STATE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=STATE, prefix="base-") as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
         cmd = [mmdebstrap, f"--variant={cell.os.bootstrap_variant}", "--mode=root",
-               "--format=tar", f"--include={','.join(includes(cell))}",
+               "--format=tar", f"--include={','.join(include)}",
                *(f"--dpkgopt={o}" for o in DPKG_OPTS),
                "--aptopt=Acquire::Languages \"none\"",
-               f"--customize-hook=chroot \"$1\" dpkg --purge {names.PACKAGE_MANAGER}",
+               *([f"--customize-hook=chroot \"$1\" dpkg --purge {purge}"] if purge else []),
                f"--customize-hook=cd \"$1\" && sed -i -E {shlex.quote(names.SHADOW_DATES)} "
                "etc/shadow && rm -rf " + " ".join(
                    path.lstrip("/") for path in names.VOLATILE_FILES),
