@@ -12,8 +12,11 @@ from pytorch_cuda.core.names import WHEELHOUSE_URL
 STEP_RE = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 LAYER_RE = re.compile(r"^ ---> ([0-9a-f]{12,64})$")
 SUCCESS_RE = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
-PY_DOWNLOAD_RE = re.compile(r"^\s*Downloading (?!" + re.escape(WHEELHOUSE_URL) + r")\S")
-"""pip fetching a file from an index (not from the host's wheelhouse)."""
+PY_DOWNLOAD_RE = re.compile(r"^\s*Downloading (?!" + re.escape(WHEELHOUSE_URL)
+                            + r")\S+\.(?:whl|tar\.gz|zip)\b")
+"""pip fetching a file from an index: it names the wheel or sdist (a URL only for a find-links
+page, as the host's wheelhouse is). uv's "Downloading NAME (SIZE)" lines name no file: steps run
+uv with --no-index, so its downloads come from the wheelhouse."""
 APT_FETCH_RE = re.compile(r"^Get:\d+ ")
 COLOR_RE = re.compile(r"\x1b\[[0-9;]*m")
 """The colour codes the engine wraps a step's stderr in."""

@@ -17,6 +17,8 @@ def test_steps_cache_hits_downloads_and_colourless_lines():
         {"stream": "\x1b[91mInstalled 27 packages in 435ms\n\x1b[0m"},
         {"stream": f"  Downloading {names.WHEELHOUSE_URL}{names.WHEELS_PATH}a.whl (1 kB)\n"},
         {"stream": "  Downloading https://index.example/a.whl (1 kB)\n"},
+        {"stream": "  Downloading torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl (888.1 MB)\n"},
+        {"stream": "\x1b[91mDownloading scipy (33.7MiB)\n\x1b[0m"},  # uv, from the wheelhouse
         {"stream": " ---> 0123456789ab\n"},
         {"stream": "Step 3/3 : ENV A=1\n"},
         {"stream": " ---> Using cache\n"},
@@ -25,7 +27,9 @@ def test_steps_cache_hits_downloads_and_colourless_lines():
     ])
     assert [s[:3] for s in steps] == [("1", "3", "os"), ("2", "3", "os"), ("3", "3", "os")]
     assert "Installed 27 packages in 435ms" in lines and not any("\x1b" in line for line in lines)
-    assert output.python_downloads == ["Downloading https://index.example/a.whl (1 kB)"]
+    assert output.python_downloads == [
+        "Downloading https://index.example/a.whl (1 kB)",
+        "Downloading torch-2.8.0-cp311-cp311-manylinux_2_28_x86_64.whl (888.1 MB)"]
     assert (output.steps, output.cached_steps) == (2, 1)
     assert output.image_id == "sha256:" + "c" * 64 and output.error is None
 
