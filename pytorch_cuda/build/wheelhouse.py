@@ -139,27 +139,18 @@ def fill(cell: Cell, ca: Path | None, mirrors: debian.Mirrors, root: Path = DEFA
         f"({root.name}/ holds {human_bytes(size)})")
 
 
-def package_manager_file(cell: Cell) -> tuple[str, str] | None:
-    """(file name, SHA-256) of the cell's locked package-manager .deb; None before the lock."""
-    locked_deb = locking.package_manager_deb(cell.os)
-    if not locked_deb:
-        return None
-    version, sha = locked_deb
-    return debian.deb_name(names.PACKAGE_MANAGER, version), sha
-
-
 def _fill_package_manager(cell: Cell, mirrors: debian.Mirrors, root: Path) -> None:
     """Download the locked package-manager .deb from the Debian archive unless it is here."""
-    wanted = package_manager_file(cell)
-    if not wanted or not cell.os.suite:
+    locked_deb = locking.package_manager_deb(cell.os)
+    if not locked_deb or not cell.os.suite:
         return
-    name, sha = wanted
+    version, sha = locked_deb
+    name = debian.deb_name(names.PACKAGE_MANAGER, version)
     folder = root / names.DEBS_PATH.strip("/")
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / name
     if target.exists() and sha256_file(target) == sha:
         return
-    version = locking.apt_pins(cell.os)[names.PACKAGE_MANAGER]
     url, _ = debian.locate_deb(mirrors, cell.os.suite, names.PACKAGE_MANAGER, version)
     say(f"wheelhouse: downloading {name}")
     try:

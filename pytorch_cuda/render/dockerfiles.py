@@ -14,7 +14,7 @@ from pytorch_cuda.core import names
 from pytorch_cuda.core.errors import UserError
 from pytorch_cuda.core.paths import IMAGE_FILES, IMAGES, ROOT, TEMPLATES
 from pytorch_cuda.build import wheelhouse
-from pytorch_cuda.lock import locking
+from pytorch_cuda.lock import debian, locking
 from pytorch_cuda.matrix import Image, Matrix
 
 APT_CLEANUP = (f"sed -i -E {shlex.quote(names.SHADOW_DATES)} /etc/shadow && rm -rf "
@@ -74,8 +74,8 @@ def fetch_input(path: Path, dest: str) -> str:
 
 def package_manager(image: Image) -> tuple[str, str]:
     """(`fetch` arguments, path) of the locked package-manager .deb dev installs back."""
-    locked_deb = wheelhouse.package_manager_file(image.cell)
-    name, sha = locked_deb or (f"{names.PACKAGE_MANAGER}.deb", UNLOCKED)
+    version, sha = locking.package_manager_deb(image.cell.os) or ("", UNLOCKED)
+    name = debian.deb_name(names.PACKAGE_MANAGER, version) if version else f"{names.PACKAGE_MANAGER}.deb"
     dest = f"{STEP_TMP}/{name}"
     return f"{names.WHEELHOUSE_URL}{names.DEBS_PATH}{name} {sha} {dest}", dest
 

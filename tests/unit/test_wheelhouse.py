@@ -145,7 +145,7 @@ def test_the_package_manager_deb_is_downloaded_and_checked(tmp_path: Path, monke
     cell, server = _locked_deb(tmp_path, monkeypatch, data, hashlib.sha256(data).hexdigest())
     with server:
         wheelhouse._fill_package_manager(cell, debian.Mirrors("x", "x"), tmp_path / "house")
-        name, _ = wheelhouse.package_manager_file(cell)
+        name = debian.deb_name(names.PACKAGE_MANAGER, locking.package_manager_deb(cell.os)[0])
         assert (tmp_path / "house" / names.DEBS_PATH.strip("/") / name).read_bytes() == data
         server.shutdown()  # present and intact: no second download
         wheelhouse._fill_package_manager(cell, debian.Mirrors("x", "x"), tmp_path / "house")
