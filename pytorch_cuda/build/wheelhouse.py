@@ -22,6 +22,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from http import HTTPStatus
 from pathlib import Path
@@ -68,11 +69,18 @@ def wheel_hashes(folder: Path) -> dict[str, str]:
     except (OSError, ValueError):
         cache = {}
     fresh = {}
+    stale = []
     for path in sorted(folder.glob("*.whl")):
         stat = path.stat()
         key = [stat.st_size, stat.st_mtime_ns]
         entry = cache.get(path.name)
-        fresh[path.name] = entry if entry and entry[:2] == key else [*key, sha256_file(path)]
+        if entry and entry[:2] == key:
+            fresh[path.name] = entry
+        else:
+            stale.append((path, key))
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # hashlib hashes large blocks without the GIL
+        for (path, key), sha in zip(stale, pool.map(sha256_file, (p for p, _ in stale)), strict=True):
+            fresh[path.name] = [*key, sha]
     if fresh != cache:
         cache_path.write_text(json.dumps(fresh, indent=0, sort_keys=True))
     return {entry[2]: name for name, entry in fresh.items()}
@@ -125,7 +133,11 @@ def fill(cell: Cell, ca: Path | None, mirrors: debian.Mirrors, root: Path = DEFA
         say(f"wheelhouse: downloading {len(requirements)} locked wheel(s) of {cell.id} "
             f"{lock.relative_to(ROOT)} ({', '.join(r.name for r in requirements[:4])}"
             f"{', ...' if len(requirements) > 4 else ''})")
-        _download(cell, lock, requirements, ca, wheels)
+    if absent:
+        # One download per lock file, side by side: one alone is bound by its per-file latency.
+        with ThreadPoolExecutor(len(absent)) as pool:
+            for _ in pool.map(lambda item: _download(cell, *item, ca, wheels), absent.items()):
+                pass
     have = wheel_hashes(wheels)
     still = missing(cell, have, wanted)
     if still:

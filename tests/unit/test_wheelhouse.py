@@ -119,6 +119,26 @@ def test_a_locked_wheel_the_index_does_not_give_is_one_sentence(tmp_path: Path, 
                         tmp_path)
 
 
+def test_the_lock_files_download_side_by_side_and_a_failure_is_one_sentence(tmp_path: Path,
+                                                                              monkeypatch):
+    cell = load_matrix(VERSIONS).default_cell
+    locks = list(wheelhouse.locked(cell))
+    together = threading.Barrier(len(locks), timeout=10)  # broken unless every lock's download runs at once
+    dev = locking.pip_lock_path(cell, "dev")
+
+    def download(cell_, lock, requirements, ca, wheels):
+        together.wait()
+        if lock == dev:
+            raise UserError(f"cannot download the locked wheels of {cell_.id} (dev)")
+
+    monkeypatch.setattr(wheelhouse, "_download", download)
+    monkeypatch.setattr(wheelhouse, "_fill_package_manager", lambda *args: None)
+    with pytest.raises(UserError, match=r"^cannot download the locked wheels of \S+ \(dev\)$"):
+        wheelhouse.fill(cell, None, debian.Mirrors("http://127.0.0.1:9", "http://127.0.0.1:9"),
+                        tmp_path)
+    assert not together.broken
+
+
 class _Archive(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         return
