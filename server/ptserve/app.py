@@ -2,7 +2,8 @@
 
 Malformed HTTP never reaches the routes: aiohttp's connection handler answers
 it, so :class:`JsonErrorRunner` swaps in a handler whose ``handle_error``
-answers JSON and logs one access line, without a traceback.
+answers JSON and logs one access line, without a traceback. The same handler
+closes a connection that sends no complete request head in time.
 """
 
 from __future__ import annotations
@@ -357,6 +358,39 @@ class JsonErrorHandler(RequestHandler):
     """
 
     count: Any = None
+    header_timeout: float | None = None
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the clock for the first request head (aiohttp's keep-alive timeout, set
+        to the same time, covers the heads that follow an answer)."""
+        super().connection_made(transport)
+        if self.header_timeout is not None:
+            self._head_timer = self._loop.call_later(self.header_timeout, self._head_late)
+
+    def data_received(self, data: bytes) -> None:
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count > heads and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _head_late(self) -> None:
+        """No complete request head in time: close without an answer, as a stalled
+        client would not read one."""
+        self._head_timer = None
+        if self.transport is None or self._request_count:
+            return
+        peer = self.transport.get_extra_info("peername")
+        logs.info("header_timeout", remote=peer[0] if peer else None,
+                  seconds=self.header_timeout)
+        self.force_close()
 
     def handle_error(
         self,
@@ -386,24 +420,31 @@ class _JsonErrorServer(web.Server):
     """Makes :class:`JsonErrorHandler` connection handlers."""
 
     count: Any = None
+    header_timeout: float | None = None
 
     def __call__(self) -> RequestHandler:
         handler = JsonErrorHandler(self, loop=self._loop, **self._kwargs)
         handler.count = self.count
+        handler.header_timeout = self.header_timeout
         return handler
 
 
 class JsonErrorRunner(web.AppRunner):
-    """An AppRunner whose connections answer malformed HTTP with JSON errors."""
+    """An AppRunner whose connections answer malformed HTTP with JSON errors and must send
+    each request head within ``PTSERVE_HEADER_TIMEOUT_SECONDS`` of opening or of their
+    previous answer."""
 
     def __init__(self, app: web.Application, state: ServerState, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
+        timeout = state.settings.header_timeout_seconds
+        super().__init__(app, keepalive_timeout=timeout, **kwargs)
         self._count = state.count
+        self._header_timeout = timeout
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _JsonErrorServer
         server.count = self._count
+        server.header_timeout = self._header_timeout
         return server
 
 

@@ -73,6 +73,7 @@ async def serve(settings: Settings) -> bool:
         max_inflight=settings.max_inflight,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,
+        header_timeout_seconds=settings.header_timeout_seconds,
     )
     threading.Thread(
         target=runtime.load_all, args=(repository,), name="ptserve-loader", daemon=True

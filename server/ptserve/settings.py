@@ -71,6 +71,7 @@ class Settings:
     max_body_bytes: int = 64 * 1024 * 1024
     drain_seconds: float = 20.0
     body_timeout_seconds: float = 30.0
+    header_timeout_seconds: float = 30.0
     require_gpu: bool = False
     allow_tf32: bool = False
     torch_threads: int = 1
@@ -87,6 +88,8 @@ class Settings:
             max_body_bytes=_int(env, "PTSERVE_MAX_BODY_BYTES", 64 * 1024 * 1024, 1),
             drain_seconds=_float(env, "PTSERVE_DRAIN_SECONDS", 20.0),
             body_timeout_seconds=_float(env, "PTSERVE_BODY_TIMEOUT_SECONDS", 30.0, positive=True),
+            header_timeout_seconds=_float(env, "PTSERVE_HEADER_TIMEOUT_SECONDS", 30.0,
+                                          positive=True),
             require_gpu=_flag(env, "PTSERVE_REQUIRE_GPU"),
             allow_tf32=_flag(env, "PTSERVE_ALLOW_TF32"),
             torch_threads=_int(env, "PTSERVE_TORCH_THREADS", max(1, usable_cpus() // workers), 1),

@@ -196,13 +196,15 @@ def gpu(request: pytest.FixtureRequest) -> dict:
     return {"device_requests": [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]}
 
 
-def _shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A temporary folder any container user may write to."""
     path = tmp_path_factory.mktemp(name)
     path.chmod(0o777)
     return path
 
 
-def _make_models(prod_image: Image, client: docker.DockerClient, out: Path, *flags: str) -> Path:
+def make_models(prod_image: Image, client: docker.DockerClient, out: Path, *flags: str) -> Path:
+    """Model repository ``out`` written by the prod image's torch (make_models.py ``flags``)."""
     helper = TrackedContainer(client, prod_image.ref())
     try:
         code, logs = helper.run(
@@ -220,7 +222,7 @@ def _make_models(prod_image: Image, client: docker.DockerClient, out: Path, *fla
 def model_repo(prod_image: Image, client: docker.DockerClient,
                tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository made by the prod image's own torch (with reference outputs)."""
-    return _make_models(prod_image, client, _shared_dir(tmp_path_factory, "models"))
+    return make_models(prod_image, client, shared_dir(tmp_path_factory, "models"))
 
 
 def _serve(client: docker.DockerClient, image: Image, repo: Path, ready: bool):
@@ -284,7 +286,7 @@ def serve_rss(serve_container):
 def serve_broken_url(prod_image: Image, client: docker.DockerClient,
                      tmp_path_factory: pytest.TempPathFactory):
     """A second server whose repository holds models that fail to load."""
-    repo = _make_models(prod_image, client, _shared_dir(tmp_path_factory, "broken"), "--broken")
+    repo = make_models(prod_image, client, shared_dir(tmp_path_factory, "broken"), "--broken")
     helper, _, url = _serve(client, prod_image, repo, ready=False)
     yield url
     helper.cleanup()
@@ -296,7 +298,7 @@ def custom_op_dir(prod_image: Image, client: docker.DockerClient,
     """A custom C++ operator and a model using it, compiled in the cell's dev image."""
     dev = prod_image.cell.image("dev")
     _ensure_built(client, dev)
-    out = _shared_dir(tmp_path_factory, "customop")
+    out = shared_dir(tmp_path_factory, "customop")
     helper = TrackedContainer(client, dev.ref())
     try:
         result = helper.run_json(

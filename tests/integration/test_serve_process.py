@@ -1,94 +1,76 @@
-"""Model server as a process: draining on SIGTERM, limits from the environment,
-PTSERVE_REQUIRE_GPU, bad settings, the health probe, hostile clients over raw
-sockets and dynamic batching.
+"""The prod image's model server as a process: draining on SIGTERM, limits from the
+environment, PTSERVE_REQUIRE_GPU, bad settings, the health probe, hostile clients over
+raw sockets and dynamic batching.
 
-Starts ``python -m ptserve`` with this interpreter, so it needs torch and aiohttp
-here (it skips otherwise); the live-container tests are in test_serve.py.
+Each server is a container of the prod image (its own server, torch and entrypoint),
+reached on its bridge address, so raw sockets talk to the server itself with no
+port proxy in between. The models are made by the image's own torch.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
+import math
+import random
 import socket
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import docker
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("aiohttp")
+from pytorch_cuda.matrix import Image
 
-SERVER = Path(__file__).resolve().parents[2] / "server"
+from .conftest import make_models, shared_dir
+from .containers import TrackedContainer
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
-
-
-class Spin(torch.nn.Module):
-    """Busy for ``n`` small matrix products, so a request stays in flight a while."""
-
-    def forward(self, n: torch.Tensor) -> torch.Tensor:
-        y = torch.full((64, 64), 1.0 / 64)
-        for _ in range(int(n.item())):
-            y = torch.tanh(y @ y)
-        return y.sum().reshape(1)
+PORT = 8000  # the server's default port in the image
 
 
 @pytest.fixture(scope="module")
-def spin_repository(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("spin")
-    (root / "spin" / "1").mkdir(parents=True)
-    config = {
-        "inputs": [{"name": "n", "datatype": "INT64", "shape": [1]}],
-        "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}],
-    }
-    (root / "spin" / "config.json").write_text(json.dumps(config))
-    torch.jit.script(Spin()).save(str(root / "spin" / "1" / "model.pt"))
-    return root
+def spin_repository(prod_image: Image, client: docker.DockerClient,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with the ``spin`` model only."""
+    return make_models(prod_image, client, shared_dir(tmp_path_factory, "spin"), "--spin")
 
 
-def child_pythonpath() -> str:
-    """This checkout's server package first, then whatever the tests run with."""
-    return os.pathsep.join(filter(None, [str(SERVER), os.environ.get("PYTHONPATH")]))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="module")
+def conv_repository(prod_image: Image, client: docker.DockerClient,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same conv net unbatched (``plain``), batched, and badly batched."""
+    return make_models(prod_image, client, shared_dir(tmp_path_factory, "conv"), "--batching")
 
 
 class Server:
-    """A ``python -m ptserve`` child process on a free port."""
+    """The prod image's server in a container of its own, with ``env`` set."""
 
-    def __init__(self, repository: Path, log: Path, **env: str) -> None:
-        self.port = free_port()
-        self.log = log
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": child_pythonpath(),
-            "PTSERVE_PORT": str(self.port),
-            "PTSERVE_MODEL_REPOSITORY": str(repository),
-            **env,
-        }
-        with open(log, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ptserve"], env=self.env, stderr=stderr
-            )
-        deadline = time.monotonic() + 60
+    def __init__(self, client: docker.DockerClient, image: Image, repository: Path,
+                 **env: str) -> None:
+        self.helper = TrackedContainer(client, image.ref())
+        self.container = self.helper.start(
+            environment=env, volumes={str(repository): {"bind": "/models", "mode": "ro"}})
+        self.container.reload()
+        self.host = self.container.attrs["NetworkSettings"]["IPAddress"]
+        self.port = PORT
+        self.terminated = False
+        self.final_logs: str | None = None
+        deadline = time.monotonic() + 120
         while self.request("GET", "/v2/health/live", check=False)[0] != 200:
-            assert self.proc.poll() is None, self.log.read_text()
+            self.container.reload()
+            assert self.container.status == "running", self.logs()
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.1)
 
-    def request(self, method: str, path: str, body: bytes | None = None,
+    def connect(self, timeout: float = 30) -> socket.socket:
+        """A raw connection to the server."""
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
                 headers: dict | None = None, check: bool = True) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
@@ -103,7 +85,7 @@ class Server:
     def wait_ready(self) -> None:
         deadline = time.monotonic() + 60
         while self.request("GET", "/v2/health/ready")[0] != 200:
-            assert time.monotonic() < deadline, self.log.read_text()
+            assert time.monotonic() < deadline, self.logs()
             time.sleep(0.1)
 
     def spin(self, n: int) -> tuple[int, bytes]:
@@ -115,13 +97,38 @@ class Server:
         line = next(x for x in text.splitlines() if x.startswith("ptserve_inflight_requests "))
         return float(line.split()[1])
 
+    def logs(self) -> str:
+        """The server's log (kept once the container is removed)."""
+        if self.final_logs is not None:
+            return self.final_logs
+        return self.container.logs(stdout=False, stderr=True).decode(errors="replace")
+
     def events(self) -> list[dict]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()]
+        return [json.loads(line) for line in self.logs().splitlines()]
+
+    def terminate(self) -> None:
+        """SIGTERM to the container (tini passes it on to the server); once only, as a
+        second one stops the server at once."""
+        if not self.terminated:
+            self.terminated = True
+            self.container.kill(signal="SIGTERM")
+
+    def probe(self, **env: str) -> int:
+        """Exit status of the image's health probe, run in the container."""
+        return self.container.exec_run(["python", "-m", "ptserve.healthcheck"],
+                                       environment=env).exit_code
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+        """SIGTERM, then the server's exit status; the container is removed, its log kept."""
+        try:
+            self.container.reload()
+            if self.container.status == "running":
+                self.terminate()
+            status = self.container.wait(timeout=60)["StatusCode"]
+            self.final_logs = self.logs()
+            return status
+        finally:
+            self.helper.cleanup()
 
 
 def spin_count(server: Server, seconds: float) -> int:
@@ -143,12 +150,25 @@ def in_background(server: Server, n: int) -> tuple[threading.Thread, list]:
     return thread, result
 
 
-def test_sigterm_drains_in_flight_requests(spin_repository, tmp_path):
-    server = Server(spin_repository, tmp_path / "log", PTSERVE_DRAIN_SECONDS="60")
+@pytest.fixture
+def serve(prod_image: Image, client: docker.DockerClient):
+    """Start servers of the prod image (``serve(repository, **env)``); all removed after."""
+    servers: list[Server] = []
+
+    def start(repository: Path, **env: str) -> Server:
+        servers.append(Server(client, prod_image, repository, **env))
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.helper.cleanup()
+
+
+def test_sigterm_drains_in_flight_requests(serve, spin_repository):
+    server = serve(spin_repository, PTSERVE_DRAIN_SECONDS="60")
     try:
         server.wait_ready()
         thread, result = in_background(server, spin_count(server, 2.0))
-        server.proc.send_signal(signal.SIGTERM)
+        server.terminate()
         deadline = time.monotonic() + 5
         while server.request("GET", "/v2/health/live", check=False)[0] != 0:
             assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
@@ -156,15 +176,14 @@ def test_sigterm_drains_in_flight_requests(spin_repository, tmp_path):
         thread.join(60)
         assert result and result[0][0] == 200, result
         assert json.loads(result[0][1])["outputs"][0]["name"] == "y"
-        assert server.proc.wait(60) == 0
+        events = [e["event"] for e in server.events()]
     finally:
-        server.stop()
-    events = [e["event"] for e in server.events()]
+        assert server.stop() == 0
     assert events.index("draining") < events.index("stopped")
 
 
-def test_busy_server_answers_503(spin_repository, tmp_path):
-    server = Server(spin_repository, tmp_path / "log", PTSERVE_MAX_INFLIGHT="1")
+def test_busy_server_answers_503(serve, spin_repository):
+    server = serve(spin_repository, PTSERVE_MAX_INFLIGHT="1")
     try:
         server.wait_ready()
         thread, result = in_background(server, spin_count(server, 1.5))
@@ -178,8 +197,8 @@ def test_busy_server_answers_503(spin_repository, tmp_path):
         assert server.stop() == 0
 
 
-def test_body_limit_from_environment(spin_repository, tmp_path):
-    server = Server(spin_repository, tmp_path / "log", PTSERVE_MAX_BODY_BYTES="1000")
+def test_body_limit_from_environment(serve, spin_repository):
+    server = serve(spin_repository, PTSERVE_MAX_BODY_BYTES="1000")
     try:
         server.wait_ready()
         status, data = server.request("POST", "/v2/models/spin/infer", b" " * 1001)
@@ -194,54 +213,50 @@ def test_body_limit_from_environment(spin_repository, tmp_path):
         assert server.stop() == 0
 
 
-def probe_status(env: dict) -> int:
-    """Exit status of the container health probe."""
-    probe = [sys.executable, "-m", "ptserve.healthcheck"]
-    return subprocess.run(probe, env=env, timeout=30, capture_output=True, check=False).returncode
-
-
-def test_healthcheck_probe(spin_repository, tmp_path):
-    server = Server(spin_repository, tmp_path / "log")
+def test_healthcheck_probe(serve, spin_repository):
+    server = serve(spin_repository)
     try:
         server.wait_ready()
-        assert probe_status(server.env) == 0
-        assert probe_status({**server.env, "PTSERVE_PORT": str(free_port())}) == 1
+        assert server.probe() == 0
+        assert server.probe(PTSERVE_PORT=str(PORT + 1)) == 1  # nothing listens there
     finally:
         assert server.stop() == 0
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
-def test_require_gpu_without_gpu(spin_repository, tmp_path):
-    server = Server(spin_repository, tmp_path / "log", PTSERVE_REQUIRE_GPU="1")
+def test_require_gpu_without_gpu(serve, spin_repository):
+    server = serve(spin_repository, PTSERVE_REQUIRE_GPU="1")  # the container sees no GPU
     try:
         time.sleep(1)
         status, data = server.request("GET", "/v2/health/ready")
         assert status == 400 and "PTSERVE_REQUIRE_GPU=1" in json.loads(data)["error"]
         status, data = server.request("GET", "/v2/models/spin/ready")
         assert status == 400 and "no CUDA device is visible" in json.loads(data)["error"]
-        assert probe_status(server.env) == 1
+        assert server.probe() == 1
     finally:
         assert server.stop() == 0
-    gpu_lines = [e for e in server.events() if e["event"] == "gpu_required"]
+    events = server.events()
+    gpu_lines = [e for e in events if e["event"] == "gpu_required"]
     assert len(gpu_lines) == 1 and gpu_lines[0]["level"] == "error"
-    assert not [e for e in server.events() if e["event"] == "model_loaded"]
+    assert not [e for e in events if e["event"] == "model_loaded"]
 
 
-def test_bad_setting_exits_2(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(SERVER), "PTSERVE_WORKERS": "many"}
-    done = subprocess.run([sys.executable, "-m", "ptserve"], env=env, timeout=60,
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 2
-    line = json.loads(done.stderr.strip().splitlines()[-1])
+def test_bad_setting_exits_2(prod_image: Image, client: docker.DockerClient):
+    helper = TrackedContainer(client, prod_image.ref())
+    try:
+        code, logs = helper.run(None, environment={"PTSERVE_WORKERS": "many"}, timeout=60)
+    finally:
+        helper.cleanup()
+    assert code == 2, logs
+    line = json.loads(logs.strip().splitlines()[-1])
     assert line["event"] == "invalid_setting" and "PTSERVE_WORKERS" in line["reason"]
 
 
 # --- hostile clients, over raw sockets ---------------------------------------------
 
 
-def raw_exchange(port: int, data: bytes, timeout: float = 30) -> tuple[int, dict, bytes]:
+def raw_exchange(server: Server, data: bytes) -> tuple[int, dict, bytes]:
     """Send ``data`` on a fresh connection; (status, headers, body) of the answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+    with server.connect() as sock:
         sock.sendall(data)
         answer = b""
         while chunk := sock.recv(65536):
@@ -255,9 +270,9 @@ def raw_exchange(port: int, data: bytes, timeout: float = 30) -> tuple[int, dict
     raise AssertionError(f"no whole answer: {answer!r}")
 
 
-def partial_upload(port: int) -> socket.socket:
+def partial_upload(server: Server) -> socket.socket:
     """A connection that promised 1000 body bytes and sent 10."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = server.connect()
     sock.sendall(b"POST /v2/models/spin/infer HTTP/1.1\r\nHost: x\r\n"
                  b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inputs\"")
     return sock
@@ -283,17 +298,19 @@ MALFORMED = {
 
 
 @pytest.fixture(scope="module")
-def spin_server(spin_repository, tmp_path_factory):
-    server = Server(spin_repository, tmp_path_factory.mktemp("log") / "log",
-                    PTSERVE_MAX_INFLIGHT="2", PTSERVE_BODY_TIMEOUT_SECONDS="2")
+def spin_server(prod_image: Image, client: docker.DockerClient, spin_repository: Path):
+    server = Server(client, prod_image, spin_repository, PTSERVE_MAX_INFLIGHT="2", PTSERVE_BODY_TIMEOUT_SECONDS="2",
+                    PTSERVE_HEADER_TIMEOUT_SECONDS="2")
     server.wait_ready()
-    yield server
-    assert server.stop() == 0
+    try:
+        yield server
+    finally:
+        assert server.stop() == 0
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_http_gets_a_json_error(spin_server, case):
-    status, headers, body = raw_exchange(spin_server.port, MALFORMED[case])
+    status, headers, body = raw_exchange(spin_server, MALFORMED[case])
     assert status == 400 and headers["content-type"].startswith("application/json")
     assert json.loads(body)["error"].startswith("malformed HTTP request: ")
     assert spin_server.spin(1)[0] == 200
@@ -301,7 +318,7 @@ def test_malformed_http_gets_a_json_error(spin_server, case):
 
 
 def test_stalled_uploads_hold_no_inflight_slot(spin_server):
-    stalled = [partial_upload(spin_server.port) for _ in range(6)]
+    stalled = [partial_upload(spin_server) for _ in range(6)]
     try:
         time.sleep(0.3)
         assert spin_server.spin(1)[0] == 200  # only 2 slots, 6 stalled uploads
@@ -316,9 +333,43 @@ def test_stalled_uploads_hold_no_inflight_slot(spin_server):
     assert_no_traceback(spin_server)
 
 
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closed ``sock`` (without an answer) within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536) == b""
+    except TimeoutError:
+        return False
+
+
+def test_stalled_request_heads_and_idle_connections_are_closed(spin_server):
+    before = len(spin_server.events())
+    silent = spin_server.connect()
+    half_head = spin_server.connect()
+    half_head.sendall(b"POST /v2/models/spin/infer HTTP/1.1\r\nHost: x\r\nContent-Le")
+    answered = http.client.HTTPConnection(spin_server.host, spin_server.port, timeout=30)
+    answered.request("GET", "/v2/health/ready")
+    assert answered.getresponse().read() is not None
+    assert answered.sock is not None  # kept alive after its answer
+    started = time.monotonic()
+    try:
+        assert spin_server.spin(1)[0] == 200
+        for sock in (silent, half_head, answered.sock):
+            assert closed_within(sock, 10)
+        assert time.monotonic() - started < 10  # PTSERVE_HEADER_TIMEOUT_SECONDS=2
+    finally:
+        silent.close()
+        half_head.close()
+        answered.close()
+    assert spin_server.spin(1)[0] == 200
+    timeouts = [e for e in spin_server.events()[before:] if e["event"] == "header_timeout"]
+    assert [(e["level"], e["seconds"]) for e in timeouts] == [("info", 2.0)] * 2
+    assert_no_traceback(spin_server)
+
+
 def test_client_disconnect_mid_body_is_one_info_line(spin_server):
     before = len(spin_server.events())
-    partial_upload(spin_server.port).close()
+    partial_upload(spin_server).close()
     deadline = time.monotonic() + 10
     while not [e for e in spin_server.events()[before:] if e["event"] == "client_disconnected"]:
         assert time.monotonic() < deadline, "no client_disconnected line"
@@ -362,61 +413,25 @@ def test_model_repository_extension(spin_server):
 # --- dynamic batching --------------------------------------------------------------
 
 
-class SmallConv(torch.nn.Module):
-    """A small conv net: 3x8x8 images to 4 scores."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
-
-
-CONV_IO = {
-    "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3, 8, 8]}],
-    "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
-}
-BATCHING = {"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 5000}}
-
-
-@pytest.fixture(scope="module")
-def conv_repository(tmp_path_factory) -> Path:
-    """The same conv model unbatched, batched, and batched with a bad config."""
-    root = tmp_path_factory.mktemp("conv")
-    torch.manual_seed(0)
-    module = torch.jit.script(SmallConv().eval())
-    configs = {
-        "plain": CONV_IO,
-        "batched": {**CONV_IO, **BATCHING},
-        "badbatch": {**CONV_IO, "max_batch_size": 8,
-                     "dynamic_batching": {"max_queue_delay_microseconds": "soon"}},
-    }
-    for name, config in configs.items():
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "config.json").write_text(json.dumps(config))
-        module.save(str(root / name / "1" / "model.pt"))
-    return root
-
-
-def conv_body(x: torch.Tensor) -> bytes:
-    tensor = {"name": "x", "datatype": "FP32", "shape": list(x.shape),
-              "data": x.flatten().tolist()}
+def conv_body(images: list[float], count: int) -> bytes:
+    """An infer request of ``count`` 3x16x16 images (``images``: their values, flat)."""
+    tensor = {"name": "image", "datatype": "FP32", "shape": [count, 3, 16, 16], "data": images}
     return json.dumps({"inputs": [tensor]}).encode()
 
 
-def test_batched_answers_equal_unbatched_ones(conv_repository, tmp_path):
-    server = Server(conv_repository, tmp_path / "log")
+def test_batched_answers_equal_unbatched_ones(serve, conv_repository):
+    server = serve(conv_repository)
     try:
         time.sleep(1)
-        torch.manual_seed(1)
-        inputs = [torch.randn(n, 3, 8, 8) for n in (1, 2, 1, 3, 1, 1, 4, 2) * 3]
+        rng = random.Random(1)
+        counts = [1, 2, 1, 3, 1, 1, 4, 2] * 3
+        inputs = [[rng.uniform(-1, 1) for _ in range(n * 3 * 16 * 16)] for n in counts]
         results: dict[tuple[str, int], tuple[int, bytes]] = {}
 
         def send(model: str, index: int) -> None:
             path = f"/v2/models/{model}/infer"
-            results[model, index] = server.request("POST", path, conv_body(inputs[index]))
+            results[model, index] = server.request("POST", path,
+                                                   conv_body(inputs[index], counts[index]))
 
         threads = [threading.Thread(target=send, args=(model, i))
                    for model in ("plain", "batched") for i in range(len(inputs))]
@@ -424,37 +439,37 @@ def test_batched_answers_equal_unbatched_ones(conv_repository, tmp_path):
             thread.start()
         for thread in threads:
             thread.join(60)
-        for i, x in enumerate(inputs):
+        for i, count in enumerate(counts):
             plain, batched = results["plain", i], results["batched", i]
             assert plain[0] == batched[0] == 200, (plain, batched)
             a, b = (json.loads(r[1])["outputs"][0] for r in (plain, batched))
-            assert a["shape"] == b["shape"] == [x.shape[0], 4]
-            assert torch.allclose(torch.tensor(a["data"]), torch.tensor(b["data"]),
-                                  rtol=1e-6, atol=1e-6)
+            assert a["shape"] == b["shape"] == [count, 10]
+            assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-6)
+                       for x, y in zip(a["data"], b["data"], strict=True))
         metrics = server.request("GET", "/metrics")[1].decode()
         count = next(line for line in metrics.splitlines()
                      if line.startswith('ptserve_batch_size_count{model="batched"}'))
         assert float(count.split()[1]) < len(inputs), "no request shared a batch"
 
         status, data = server.request("POST", "/v2/models/batched/infer",
-                                      conv_body(torch.zeros(9, 3, 8, 8)))
+                                      conv_body([0.0] * 9 * 3 * 16 * 16, 9))
         assert status == 400 and "more than the model's max_batch_size 8" in data.decode()
     finally:
         assert server.stop() == 0
 
 
-def test_bad_batching_config_makes_the_model_not_ready(conv_repository, tmp_path):
-    server = Server(conv_repository, tmp_path / "log")
+def test_bad_batching_config_makes_the_model_not_ready(serve, conv_repository):
+    server = serve(conv_repository)
     try:
         time.sleep(1)
         fragment = "'max_queue_delay_microseconds' must be a number"
+        one = conv_body([0.0] * 3 * 16 * 16, 1)
         for method, path, status in (("GET", "/v2/models/badbatch/ready", 400),
                                      ("GET", "/v2/models/badbatch", 503),
                                      ("POST", "/v2/models/badbatch/infer", 503)):
-            got, data = server.request(method, path, conv_body(torch.zeros(1, 3, 8, 8)))
+            got, data = server.request(method, path, one)
             assert got == status and fragment in json.loads(data)["error"], (path, data)
-        assert server.request("POST", "/v2/models/plain/infer",
-                              conv_body(torch.zeros(1, 3, 8, 8)))[0] == 200
+        assert server.request("POST", "/v2/models/plain/infer", one)[0] == 200
     finally:
         assert server.stop() == 0
     lines = [e for e in server.events() if e["event"] == "model_unusable"]

@@ -98,6 +98,7 @@ def test_settings_defaults_and_overrides():
             "PTSERVE_MAX_BODY_BYTES": "1024",
             "PTSERVE_DRAIN_SECONDS": "1.5",
             "PTSERVE_BODY_TIMEOUT_SECONDS": "2.5",
+            "PTSERVE_HEADER_TIMEOUT_SECONDS": "4",
             "PTSERVE_REQUIRE_GPU": "1",
             "PTSERVE_ALLOW_TF32": "true",
             "PTSERVE_TORCH_THREADS": "3",
@@ -107,7 +108,7 @@ def test_settings_defaults_and_overrides():
     assert parsed.model_repository == Path("/srv/models")
     assert (parsed.port, parsed.workers, parsed.max_inflight) == (9000, 4, 8)
     assert (parsed.max_body_bytes, parsed.drain_seconds) == (1024, 1.5)
-    assert parsed.body_timeout_seconds == 2.5
+    assert (parsed.body_timeout_seconds, parsed.header_timeout_seconds) == (2.5, 4.0)
     assert parsed.require_gpu and parsed.allow_tf32
 
 
@@ -120,6 +121,7 @@ def test_settings_defaults_and_overrides():
         ({"PTSERVE_DRAIN_SECONDS": "-1"}, "non-negative"),
         ({"PTSERVE_BODY_TIMEOUT_SECONDS": "0"}, "PTSERVE_BODY_TIMEOUT_SECONDS=0 must be a finite positive"),
         ({"PTSERVE_BODY_TIMEOUT_SECONDS": "inf"}, "finite positive"),
+        ({"PTSERVE_HEADER_TIMEOUT_SECONDS": "-3"}, "PTSERVE_HEADER_TIMEOUT_SECONDS=-3 must be a finite positive"),
         ({"PTSERVE_REQUIRE_GPU": "maybe"}, "must be 1 or 0"),
     ],
 )

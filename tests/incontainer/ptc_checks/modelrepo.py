@@ -6,6 +6,8 @@ default version and cases of inputs with the outputs the eager (unscripted)
 module gave. ``broken=True`` adds two models that fail to load:
 ``broken_corrupt`` (model.pt is not a TorchScript archive) and
 ``broken_customop`` (uses a custom operator whose library is not shipped).
+``write_batching(outdir)`` writes the conv net three times: unbatched, with
+dynamic batching, and with a bad batching setting.
 Used by ``tests/integration/make_models.py`` and the GPU proof.
 """
 
@@ -127,3 +129,23 @@ def write(outdir: Path, broken: bool = False) -> dict[str, Any]:
         make_broken(outdir)
     (outdir / REFERENCE_FILE).write_text(json.dumps(reference) + "\n")
     return reference
+
+
+BATCHING = {"max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 5000}}
+
+
+def write_batching(outdir: Path) -> list[str]:
+    """The conv net as ``plain`` (no batching), ``batched`` (max_batch_size 8, 5 ms queue
+    delay) and ``badbatch`` (a delay that is not a number); the names written."""
+    io = {"inputs": [spec("image", [-1, 3, 16, 16])], "outputs": [spec("logits", [-1, 10])]}
+    configs = {
+        "plain": io,
+        "batched": {**io, **BATCHING},
+        "badbatch": {**io, "max_batch_size": 8,
+                     "dynamic_batching": {"max_queue_delay_microseconds": "soon"}},
+    }
+    torch.manual_seed(0)
+    module = SmallConv()
+    for name, config in configs.items():
+        write_model(outdir, name, 1, module, config)
+    return sorted(configs)
