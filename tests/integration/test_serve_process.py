@@ -88,6 +88,14 @@ class Server:
             assert time.monotonic() < deadline, self.logs()
             time.sleep(0.1)
 
+    def wait_model(self, *models: str) -> None:
+        """Until each of ``models`` is ready (others may never be)."""
+        deadline = time.monotonic() + 60
+        for model in models:
+            while self.request("GET", f"/v2/models/{model}/ready")[0] != 200:
+                assert time.monotonic() < deadline, self.logs()
+                time.sleep(0.1)
+
     def spin(self, n: int) -> tuple[int, bytes]:
         body = {"inputs": [{"name": "n", "datatype": "INT64", "shape": [1], "data": [n]}]}
         return self.request("POST", "/v2/models/spin/infer", json.dumps(body).encode())
@@ -176,9 +184,9 @@ def test_sigterm_drains_in_flight_requests(serve, spin_repository):
         thread.join(60)
         assert result and result[0][0] == 200, result
         assert json.loads(result[0][1])["outputs"][0]["name"] == "y"
-        events = [e["event"] for e in server.events()]
     finally:
         assert server.stop() == 0
+    events = [e["event"] for e in server.events()]  # the whole log, kept after the stop
     assert events.index("draining") < events.index("stopped")
 
 
@@ -422,7 +430,7 @@ def conv_body(images: list[float], count: int) -> bytes:
 def test_batched_answers_equal_unbatched_ones(serve, conv_repository):
     server = serve(conv_repository)
     try:
-        time.sleep(1)
+        server.wait_model("plain", "batched")
         rng = random.Random(1)
         counts = [1, 2, 1, 3, 1, 1, 4, 2] * 3
         inputs = [[rng.uniform(-1, 1) for _ in range(n * 3 * 16 * 16)] for n in counts]
@@ -461,7 +469,7 @@ def test_batched_answers_equal_unbatched_ones(serve, conv_repository):
 def test_bad_batching_config_makes_the_model_not_ready(serve, conv_repository):
     server = serve(conv_repository)
     try:
-        time.sleep(1)
+        server.wait_model("plain")
         fragment = "'max_queue_delay_microseconds' must be a number"
         one = conv_body([0.0] * 3 * 16 * 16, 1)
         for method, path, status in (("GET", "/v2/models/badbatch/ready", 400),
