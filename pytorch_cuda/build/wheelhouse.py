@@ -136,8 +136,7 @@ def fill(cell: Cell, ca: Path | None, mirrors: debian.Mirrors, root: Path = DEFA
     if absent:
         # One download per lock file, side by side: one alone is bound by its per-file latency.
         with ThreadPoolExecutor(len(absent)) as pool:
-            for _ in pool.map(lambda item: _download(cell, *item, ca, wheels), absent.items()):
-                pass
+            list(pool.map(lambda item: _download(cell, *item, ca, wheels), absent.items()))
     have = wheel_hashes(wheels)
     still = missing(cell, have, wanted)
     if still:

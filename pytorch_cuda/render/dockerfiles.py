@@ -84,7 +84,7 @@ def installer(image: Image) -> dict[str, str]:
     """How a step gets the locked uv: `fetch` arguments (the wheelhouse's copy of the uv wheel for
     this platform, any of the lock's hashes) and the command that unpacks it to UV."""
     hashes = ",".join(sorted(locking.installer().hashes))
-    wheel = f"{STEP_TMP}/uv.whl"
+    wheel = f"{STEP_TMP}/{names.UV_WHEEL}"
     return {
         "fetch": f"{names.WHEELHOUSE_URL}{names.TOOLS_PATH}{names.UV_WHEEL} {hashes} {wheel}",
         "unpack": f"python{image.cell.os.python} -c {UNPACK_UV} {wheel} {UV} && chmod 0755 {UV}",
