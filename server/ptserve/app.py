@@ -24,6 +24,7 @@ from aiohttp.web_request import BaseRequest
 
 from ptserve import __version__, logs
 from ptserve.batching import Batcher
+from ptserve.bodies import BodyReader
 from ptserve.codec import HEADER_LENGTH
 from ptserve.errors import ApiError
 from ptserve.metrics import ServerMetrics
@@ -61,6 +62,10 @@ class ServerState:
     _counted: dict[tuple[str, int], tuple[Any, Any]] = field(
         default_factory=dict, init=False, repr=False
     )
+    bodies: BodyReader = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.bodies = BodyReader(self.settings)
 
     def not_ready_reason(self) -> str:
         """Why ``/v2/health/ready`` fails, or "" when the server is ready."""
@@ -201,11 +206,11 @@ class Api:
         )
 
     async def repository_index(self, request: web.Request) -> web.Response:
-        body = await self._read_body(request)
-        try:
-            options = json.loads(body) if body.strip() else {}
-        except ValueError:
-            raise ApiError(400, "repository index body is not valid JSON") from None
+        async with self.state.bodies.read(request) as body:
+            try:
+                options = json.loads(body) if body.strip() else {}
+            except ValueError:
+                raise ApiError(400, "repository index body is not valid JSON") from None
         rows = self.state.repository.index()
         if isinstance(options, dict) and options.get("ready") is True:
             rows = [row for row in rows if row["state"] == State.READY.value]
@@ -257,45 +262,24 @@ class Api:
             {**answer, "ready": False, "error": _not_ready(version)}, NOT_READY
         )
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        """The whole body, within the size limit and the body-read timeout."""
-        settings = self.state.settings
-        limit = settings.max_body_bytes
-        too_large = ApiError(
-            413, f"request body is larger than the {limit}-byte limit (PTSERVE_MAX_BODY_BYTES)"
-        )
-        if request.content_length is not None and request.content_length > limit:
-            raise too_large
-        try:
-            return await asyncio.wait_for(request.read(), settings.body_timeout_seconds)
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
-        except TimeoutError:
-            raise ApiError(
-                408,
-                f"request body not received within {settings.body_timeout_seconds:g} s "
-                "(PTSERVE_BODY_TIMEOUT_SECONDS)",
-                close=True,
-            ) from None
-
     async def infer(self, request: web.Request) -> web.Response:
         model, version, config = self._ready_version(request)
         _check_content_type(request)
-        body = await self._read_body(request)
         state = self.state
-        if state.inflight >= state.settings.max_inflight:
-            raise ApiError(
-                503,
-                f"server is busy: {state.inflight} inference requests are in flight "
-                "(PTSERVE_MAX_INFLIGHT)",
-            )
-        state.inflight += 1
-        state.metrics.inflight.set(state.inflight)
-        try:
-            reply = await self._run(model, config, version, body, request.headers)
-        finally:
-            state.inflight -= 1
+        async with state.bodies.read(request) as body:
+            if state.inflight >= state.settings.max_inflight:
+                raise ApiError(
+                    503,
+                    f"server is busy: {state.inflight} inference requests are in flight "
+                    "(PTSERVE_MAX_INFLIGHT)",
+                )
+            state.inflight += 1
             state.metrics.inflight.set(state.inflight)
+            try:
+                reply = await self._run(model, config, version, body, request.headers)
+            finally:
+                state.inflight -= 1
+                state.metrics.inflight.set(state.inflight)
         state.metrics.inference_seconds.labels(model.name).observe(reply.inference_seconds)
         if reply.header_length is None:
             return web.Response(body=reply.body, content_type="application/json")

@@ -72,6 +72,7 @@ async def serve(settings: Settings) -> bool:
         torch_threads=settings.torch_threads,
         max_inflight=settings.max_inflight,
         max_body_bytes=settings.max_body_bytes,
+        max_buffered_bytes=settings.max_buffered_bytes,
         body_timeout_seconds=settings.body_timeout_seconds,
         header_timeout_seconds=settings.header_timeout_seconds,
     )

@@ -10,7 +10,8 @@ from pathlib import Path
 DEFAULT_PORT = 8000
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, floor: str = "") -> int:
+    """``name`` as an integer of at least ``minimum`` (which is ``floor``'s value, if named)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -19,7 +20,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
-        raise ValueError(f"{name}={value} must be at least {minimum}")
+        of = f", the value of {floor}" if floor else ""
+        raise ValueError(f"{name}={value} must be at least {minimum}{of}")
     return value
 
 
@@ -69,6 +71,7 @@ class Settings:
     workers: int = 2
     max_inflight: int = 64
     max_body_bytes: int = 64 * 1024 * 1024
+    max_buffered_bytes: int = 256 * 1024 * 1024
     drain_seconds: float = 20.0
     body_timeout_seconds: float = 30.0
     header_timeout_seconds: float = 30.0
@@ -80,12 +83,16 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         """Build settings from ``env``; raises ValueError naming a bad variable."""
         workers = _int(env, "PTSERVE_WORKERS", 2, 1)
+        max_body = _int(env, "PTSERVE_MAX_BODY_BYTES", cls.max_body_bytes, 1)
         return cls(
             model_repository=Path(env.get("PTSERVE_MODEL_REPOSITORY") or "/models"),
             port=port_from_env(env),
             workers=workers,
             max_inflight=_int(env, "PTSERVE_MAX_INFLIGHT", 64, 1),
-            max_body_bytes=_int(env, "PTSERVE_MAX_BODY_BYTES", 64 * 1024 * 1024, 1),
+            max_body_bytes=max_body,
+            max_buffered_bytes=_int(env, "PTSERVE_MAX_BUFFERED_BYTES",
+                                    max(cls.max_buffered_bytes, max_body), max_body,
+                                    "PTSERVE_MAX_BODY_BYTES"),
             drain_seconds=_float(env, "PTSERVE_DRAIN_SECONDS", 20.0),
             body_timeout_seconds=_float(env, "PTSERVE_BODY_TIMEOUT_SECONDS", 30.0, positive=True),
             header_timeout_seconds=_float(env, "PTSERVE_HEADER_TIMEOUT_SECONDS", 30.0,

@@ -389,6 +389,37 @@ def test_client_disconnect_mid_body_is_one_info_line(spin_server):
     assert_no_traceback(spin_server)
 
 
+def test_bodies_held_at_once_stay_within_the_budget(serve, spin_repository):
+    server = serve(spin_repository, PTSERVE_MAX_BODY_BYTES="100000",
+                   PTSERVE_MAX_BUFFERED_BYTES="150000")
+    server.wait_ready()
+    head = (b"POST /v2/models/spin/infer HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n")
+    held = server.connect()  # promises 100,000 bytes, sends 10: holds them of the budget
+    held.sendall(head + b"Content-Length: 100000\r\n\r\n{\"inputs\"")
+    try:
+        time.sleep(0.3)
+        # Refused from its head alone, before a byte of its body was sent.
+        status, _, body = raw_exchange(server, head + b"Content-Length: 60000\r\n\r\n")
+        assert status == 503 and "PTSERVE_MAX_BUFFERED_BYTES" in json.loads(body)["error"]
+        chunk = b"%x\r\n%s\r\n" % (20000, b" " * 20000)
+        status, _, body = raw_exchange(server, head + b"Transfer-Encoding: chunked\r\n\r\n"
+                                       + chunk * 3)
+        assert status == 503 and "PTSERVE_MAX_BUFFERED_BYTES" in json.loads(body)["error"]
+        assert server.spin(1)[0] == 200  # small requests still fit
+    finally:
+        held.close()
+    deadline = time.monotonic() + 10
+    while True:  # the budget comes back once the stalled upload is gone
+        status, data = server.request("POST", "/v2/models/spin/infer", b" " * 60000)
+        if status != 503:
+            break
+        assert time.monotonic() < deadline, data
+        time.sleep(0.1)
+    assert status == 400 and "not valid JSON" in json.loads(data)["error"]
+    assert_no_traceback(server)
+
+
 @pytest.mark.parametrize(
     "content_type, status",
     [(None, 200), ("application/json", 200), ("application/json; charset=utf-8", 200),

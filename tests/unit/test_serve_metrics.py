@@ -96,6 +96,7 @@ def test_settings_defaults_and_overrides():
             "PTSERVE_WORKERS": "4",
             "PTSERVE_MAX_INFLIGHT": "8",
             "PTSERVE_MAX_BODY_BYTES": "1024",
+            "PTSERVE_MAX_BUFFERED_BYTES": "4096",
             "PTSERVE_DRAIN_SECONDS": "1.5",
             "PTSERVE_BODY_TIMEOUT_SECONDS": "2.5",
             "PTSERVE_HEADER_TIMEOUT_SECONDS": "4",
@@ -107,7 +108,11 @@ def test_settings_defaults_and_overrides():
     assert parsed.torch_threads == 3
     assert parsed.model_repository == Path("/srv/models")
     assert (parsed.port, parsed.workers, parsed.max_inflight) == (9000, 4, 8)
-    assert (parsed.max_body_bytes, parsed.drain_seconds) == (1024, 1.5)
+    assert (parsed.max_body_bytes, parsed.max_buffered_bytes, parsed.drain_seconds) == (
+        1024, 4096, 1.5)
+    assert defaults.max_buffered_bytes == 4 * defaults.max_body_bytes == 256 * 1024 * 1024
+    big = settings.Settings.from_env({"PTSERVE_MAX_BODY_BYTES": str(10**9)})
+    assert big.max_buffered_bytes == 10**9  # the budget always takes one largest body
     assert (parsed.body_timeout_seconds, parsed.header_timeout_seconds) == (2.5, 4.0)
     assert parsed.require_gpu and parsed.allow_tf32
 
@@ -123,6 +128,9 @@ def test_settings_defaults_and_overrides():
         ({"PTSERVE_BODY_TIMEOUT_SECONDS": "inf"}, "finite positive"),
         ({"PTSERVE_HEADER_TIMEOUT_SECONDS": "-3"}, "PTSERVE_HEADER_TIMEOUT_SECONDS=-3 must be a finite positive"),
         ({"PTSERVE_REQUIRE_GPU": "maybe"}, "must be 1 or 0"),
+        ({"PTSERVE_MAX_BODY_BYTES": "1000", "PTSERVE_MAX_BUFFERED_BYTES": "999"},
+         "PTSERVE_MAX_BUFFERED_BYTES=999 must be at least 1000, the value of "
+         "PTSERVE_MAX_BODY_BYTES"),
     ],
 )
 def test_bad_settings_name_the_variable(env, fragment):
