@@ -420,7 +420,8 @@ class JsonErrorRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, state: ServerState, **kwargs: Any) -> None:
         timeout = state.settings.header_timeout_seconds
-        super().__init__(app, keepalive_timeout=timeout, **kwargs)
+        # Bodies are inflated within their limits by ptserve.bodies, not by the parser.
+        super().__init__(app, keepalive_timeout=timeout, auto_decompress=False, **kwargs)
         self._count = state.count
         self._header_timeout = timeout
 

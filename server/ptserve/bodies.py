@@ -2,21 +2,31 @@
 
 Every body the server holds is charged to one budget, ``PTSERVE_MAX_BUFFERED_BYTES``,
 from before it is read until its answer is sent: a body whose ``Content-Length``
-would pass the budget is refused before a byte of it is read, and a chunked body
-as soon as the chunks received pass it. So many large uploads at once get
-``503`` instead of exhausting the server's memory, while small requests still fit.
+would pass the budget is refused before a byte of it is read, and a chunked or
+compressed body as soon as what it grew to passes it. So many large uploads at
+once get ``503`` instead of exhausting the server's memory, while small requests
+still fit. Compressed bodies (``Content-Encoding: gzip`` or ``deflate``) are
+inflated here, chunk by chunk and never past the size limit, so a small
+compressed body cannot expand unchecked (the HTTP library's own decompression is
+off: it would inflate whole chunks before any limit applied).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ptserve.errors import ApiError
 from ptserve.settings import Settings
+
+INFLATE_STEP = 256 * 1024  # inflated at most per step, each charged before the next
+# zlib window bits: gzip only for gzip; a zlib or gzip header for deflate.
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+             "deflate": 32 + zlib.MAX_WBITS}
 
 
 class BodyReader:
@@ -34,25 +44,30 @@ class BodyReader:
         """The whole body, charged to the budget until the ``async with`` block ends."""
         charge = _Charge(self)
         try:
+            encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+            if encoding != "identity" and encoding not in ENCODINGS:
+                raise ApiError(
+                    415,
+                    f"Content-Encoding {encoding} is not accepted: send the body as is, "
+                    "or compressed with gzip or deflate",
+                )
             length = request.content_length
-            if length is not None:
-                if length > self.max_body:
-                    raise self._too_large()
+            if length is not None and length > self.max_body:
+                raise self._too_large()
+            if encoding == "identity" and length is not None:
                 charge.add(length)
-            yield await self._receive(request, charge, length is None)
+                if request.content.is_eof():  # received whole already: nothing to time
+                    yield await request.read()
+                else:
+                    yield await self._timed(request.read())
+            else:
+                yield await self._timed(self._grown(request, charge, ENCODINGS.get(encoding)))
         finally:
             self.held -= charge.bytes
 
-    async def _receive(self, request: web.Request, charge: _Charge, chunked: bool) -> bytes:
+    async def _timed(self, reading: Awaitable[bytes]) -> bytes:
         try:
-            if request.content.is_eof():  # received whole already: nothing to wait for
-                body = await request.read()
-                if chunked:
-                    charge.add(len(body))
-                return body
-            if not chunked:
-                return await asyncio.wait_for(request.read(), self.timeout)
-            return await asyncio.wait_for(self._chunks(request, charge), self.timeout)
+            return await asyncio.wait_for(reading, self.timeout)
         except web.HTTPRequestEntityTooLarge:
             raise self._too_large() from None
         except TimeoutError:
@@ -63,17 +78,38 @@ class BodyReader:
                 close=True,
             ) from None
 
-    async def _chunks(self, request: web.Request, charge: _Charge) -> bytes:
-        """A body of unknown length, charged to the budget as its chunks arrive."""
+    async def _grown(self, request: web.Request, charge: _Charge, wbits: int | None) -> bytes:
+        """A chunked or compressed body, inflated and charged as it grows."""
+        inflater = None if wbits is None else zlib.decompressobj(wbits)
         parts: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > self.max_body:
-                raise self._too_large()
-            charge.add(len(chunk))
-            parts.append(chunk)
+            pending = chunk
+            while pending:
+                if inflater is None:
+                    part, pending = pending, b""
+                else:
+                    part = self._inflate(inflater, pending, min(INFLATE_STEP, self.max_body - size + 1))
+                    pending = inflater.unconsumed_tail
+                size += len(part)
+                if size > self.max_body:
+                    raise self._too_large()
+                charge.add(len(part))
+                parts.append(part)
+        if inflater is not None and not inflater.eof:
+            raise ApiError(400, "request body ends before its compressed data does")
+        if inflater is not None and inflater.unused_data:
+            raise ApiError(400, "request body has data after its compressed data")
         return b"".join(parts)
+
+    @staticmethod
+    def _inflate(inflater: "zlib._Decompress", data: bytes, most: int) -> bytes:
+        if inflater.eof:
+            raise ApiError(400, "request body has data after its compressed data")
+        try:
+            return inflater.decompress(data, most)
+        except zlib.error as exc:
+            raise ApiError(400, f"request body is not valid compressed data: {exc}") from None
 
     def _too_large(self) -> ApiError:
         return ApiError(

@@ -9,6 +9,7 @@ port proxy in between. The models are made by the image's own torch.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import math
@@ -16,6 +17,7 @@ import random
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -417,6 +419,36 @@ def test_bodies_held_at_once_stay_within_the_budget(serve, spin_repository):
         assert time.monotonic() < deadline, data
         time.sleep(0.1)
     assert status == 400 and "not valid JSON" in json.loads(data)["error"]
+    assert_no_traceback(server)
+
+
+def test_compressed_bodies_are_inflated_within_the_limit(serve, spin_repository):
+    server = serve(spin_repository, PTSERVE_MAX_BODY_BYTES="100000")
+    server.wait_ready()
+    body = json.dumps({"inputs": [{"name": "n", "datatype": "INT64", "shape": [1],
+                                   "data": [3]}]}).encode()
+    plain = server.request("POST", "/v2/models/spin/infer", body)
+    assert plain[0] == 200
+    bomb = gzip.compress(b" " * 50_000_000)  # 49 KB that inflate to 50 MB
+
+    def post(data: bytes, encoding: str) -> tuple[int, str]:
+        status, answer = server.request("POST", "/v2/models/spin/infer", data,
+                                        {"Content-Encoding": encoding})
+        return status, "" if status == 200 else json.loads(answer)["error"]
+
+    assert server.request("POST", "/v2/models/spin/infer", gzip.compress(body),
+                          {"Content-Encoding": "gzip"}) == plain
+    assert server.request("POST", "/v2/models/spin/infer", zlib.compress(body),
+                          {"Content-Encoding": "deflate"}) == plain
+    status, error = post(bomb, "gzip")
+    assert status == 413 and "PTSERVE_MAX_BODY_BYTES" in error
+    assert post(gzip.compress(body)[:-9], "gzip") == (
+        400, "request body ends before its compressed data does")
+    status, error = post(b"not gzip at all", "gzip")
+    assert status == 400 and error.startswith("request body is not valid compressed data")
+    status, error = post(body, "br")
+    assert status == 415 and "Content-Encoding br is not accepted" in error
+    assert server.request("POST", "/v2/models/spin/infer", body) == plain
     assert_no_traceback(server)
 
 
