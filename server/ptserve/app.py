@@ -45,6 +45,9 @@ JSON_TYPES = ("application/json", "application/octet-stream")
 # hand-off to a worker thread costs more than the work.
 INLINE_BYTES = 64 * 1024
 INLINE_VALUES = 16 * 1024
+HEAD_LIMIT = 64 * 1024
+"""Bytes a connection may send towards one request head (request line and headers):
+the HTTP parser limits each line, not how many there are."""
 
 
 @dataclass
@@ -344,6 +347,8 @@ class JsonErrorHandler(RequestHandler):
     count: Any = None
     header_timeout: float | None = None
     _head_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0  # received since the latest request's body ended
+    _body: Any = None  # the latest request's payload
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the clock for the first request head (aiohttp's keep-alive timeout, set
@@ -354,16 +359,39 @@ class JsonErrorHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         heads = self._request_count
+        if self._body is None or self._body.is_eof():  # between requests: head bytes
+            self._head_bytes += len(data)
         super().data_received(data)
-        if self._request_count > heads and self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        if self._request_count > heads:
+            self._body = self._messages[-1][1] if self._messages else None
+            self._head_bytes = 0
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif self._head_bytes > HEAD_LIMIT and not self._force_close:
+            self._head_too_large()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().connection_lost(exc)
+
+    def _head_too_large(self) -> None:
+        """A request head past HEAD_LIMIT: answer 431 and close, reading no more of it."""
+        assert self.transport is not None
+        text = f"malformed HTTP request: request head is larger than {HEAD_LIMIT} bytes"
+        body = json.dumps({"error": text}).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        peer = self.transport.get_extra_info("peername")
+        logs.info("access", status=431, remote=peer[0] if peer else None, error=text)
+        if self.count is not None:
+            self.count("", 431, 0.0)
+        self.force_close()
 
     def _head_late(self) -> None:
         """No complete request head in time: close without an answer, as a stalled

@@ -327,6 +327,18 @@ def test_malformed_http_gets_a_json_error(spin_server, case):
     assert_no_traceback(spin_server)
 
 
+def test_request_heads_past_the_limit_get_431(spin_server):
+    start = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
+    pads = [b"X-Pad-%d: %s\r\n" % (i, b"a" * 8000) for i in range(9)]  # each line legal
+    status, headers, body = raw_exchange(spin_server, start + b"".join(pads))
+    assert status == 431 and headers["connection"] == "close"
+    assert json.loads(body)["error"].endswith("request head is larger than 65536 bytes")
+    status, _, body = raw_exchange(spin_server, start + b"".join(pads[:7]) + b"\r\n")
+    assert (status, json.loads(body)) == (200, {"live": True})  # 56 KB heads still pass
+    assert spin_server.spin(1)[0] == 200
+    assert_no_traceback(spin_server)
+
+
 def test_stalled_uploads_hold_no_inflight_slot(spin_server):
     stalled = [partial_upload(spin_server) for _ in range(6)]
     try:
