@@ -285,12 +285,14 @@ class Api:
                 state.metrics.inflight.set(state.inflight)
         state.metrics.inference_seconds.labels(model.name).observe(reply.inference_seconds)
         if reply.header_length is None:
-            return web.Response(body=reply.body, content_type="application/json")
-        return web.Response(
-            body=reply.body,
-            content_type="application/octet-stream",
-            headers={HEADER_LENGTH: str(reply.header_length)},
-        )
+            response = web.Response(body=reply.body, content_type="application/json")
+        else:
+            response = web.Response(
+                body=reply.body,
+                content_type="application/octet-stream",
+                headers={HEADER_LENGTH: str(reply.header_length)},
+            )
+        return await state.bodies.send(request, response)
 
     async def _run(
         self, model: Model, config: ModelConfig, version: ModelVersion, body: bytes,

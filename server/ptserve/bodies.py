@@ -1,14 +1,17 @@
-"""Reading request bodies: the size limit, the read timeout and the buffer budget.
+"""Request and answer bodies in memory: the size limit, the timeouts and the budget.
 
 Every body the server holds is charged to one budget, ``PTSERVE_MAX_BUFFERED_BYTES``,
 from before it is read until its answer is sent: a body whose ``Content-Length``
 would pass the budget is refused before a byte of it is read, and a chunked or
 compressed body as soon as what it grew to passes it. So many large uploads at
 once get ``503`` instead of exhausting the server's memory, while small requests
-still fit. Compressed bodies (``Content-Encoding: gzip`` or ``deflate``) are
-inflated here, chunk by chunk and never past the size limit, so a small
-compressed body cannot expand unchecked (the HTTP library's own decompression is
-off: it would inflate whole chunks before any limit applied).
+still fit. A large answer is charged too, until the client has taken it; a
+client that does not take it within the body timeout is disconnected.
+
+Compressed bodies (``Content-Encoding: gzip`` or ``deflate``) are inflated here,
+step by step and never past the size limit, so a small compressed body cannot
+expand unchecked (the HTTP library's own decompression is off: it would inflate
+whole chunks before any limit applied).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from aiohttp import hdrs, web
 from ptserve.errors import ApiError
 from ptserve.settings import Settings
 
+SEND_UNTIMED = 64 * 1024  # answers the transport buffers without waiting for the client
 INFLATE_STEP = 256 * 1024  # inflated at most per step, each charged before the next
 # zlib window bits: gzip only for gzip; a zlib or gzip header for deflate.
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
@@ -110,6 +114,32 @@ class BodyReader:
             return inflater.decompress(data, most)
         except zlib.error as exc:
             raise ApiError(400, f"request body is not valid compressed data: {exc}") from None
+
+    async def send(self, request: web.Request, response: web.Response) -> web.Response:
+        """Write a large answer now, charged to the budget until the client has taken it
+        (all but what the socket buffers hold); a client that has not within the body
+        timeout is disconnected. Small answers are left for aiohttp to write."""
+        size = len(response.body) if isinstance(response.body, bytes) else 0
+        if size <= SEND_UNTIMED:
+            return response
+        self.held += size  # already computed: charged even past the budget, refusing others
+        try:
+            await asyncio.wait_for(self._write(request, response), self.timeout)
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionError(
+                f"the client did not take its {size}-byte answer within {self.timeout:g} s "
+                "(PTSERVE_BODY_TIMEOUT_SECONDS)"
+            ) from None
+        finally:
+            self.held -= size
+        return response
+
+    @staticmethod
+    async def _write(request: web.Request, response: web.Response) -> None:
+        await response.prepare(request)
+        await response.write_eof()
 
     def _too_large(self) -> ApiError:
         return ApiError(

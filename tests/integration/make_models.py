@@ -9,7 +9,7 @@ the outputs the eager (unscripted) module gave. ``--broken`` adds two models
 that fail to load: ``broken_corrupt`` (model.pt is not a TorchScript archive)
 and ``broken_customop`` (uses a custom operator whose library is not shipped).
 ``--spin`` writes only ``spin`` (busy for ``n`` matrix products: a request that
-stays in flight a while); ``--batching`` writes only the conv net as ``plain``,
+stays in flight a while) and ``fill`` (an answer of ``n`` values); ``--batching`` writes only the conv net as ``plain``,
 ``batched`` and ``badbatch`` (dynamic batching off, on, and badly set).
 The models and the repository are defined once, in ``ptc_checks`` (tests/incontainer):
 from a checkout it is found next to this file; elsewhere (a container) it must be on
@@ -30,7 +30,7 @@ def main() -> int:
     parser.add_argument("outdir", type=Path)
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--broken", action="store_true", help="also write models that fail to load")
-    only.add_argument("--spin", action="store_true", help="write only the spin model")
+    only.add_argument("--spin", action="store_true", help="write only the spin and fill models")
     only.add_argument("--batching", action="store_true",
                       help="write only the conv net unbatched, batched and badly batched")
     args = parser.parse_args()
@@ -44,7 +44,8 @@ def main() -> int:
         return 2
     if args.spin:
         serving.add_spin_model(args.outdir)
-        print(f"wrote {serving.SPIN_MODEL} to {args.outdir}")
+        serving.add_fill_model(args.outdir)
+        print(f"wrote {serving.SPIN_MODEL} and {serving.FILL_MODEL} to {args.outdir}")
     elif args.batching:
         print(f"wrote {', '.join(modelrepo.write_batching(args.outdir))} to {args.outdir}")
     else:

@@ -50,10 +50,11 @@ class Server:
     """The prod image's server in a container of its own, with ``env`` set."""
 
     def __init__(self, client: docker.DockerClient, image: Image, repository: Path,
-                 **env: str) -> None:
+                 run_options: dict | None = None, **env: str) -> None:
         self.helper = TrackedContainer(client, image.ref())
         self.container = self.helper.start(
-            environment=env, volumes={str(repository): {"bind": "/models", "mode": "ro"}})
+            environment=env, volumes={str(repository): {"bind": "/models", "mode": "ro"}},
+            **(run_options or {}))
         self.container.reload()
         self.host = self.container.attrs["NetworkSettings"]["IPAddress"]
         self.port = PORT
@@ -165,8 +166,8 @@ def serve(prod_image: Image, client: docker.DockerClient):
     """Start servers of the prod image (``serve(repository, **env)``); all removed after."""
     servers: list[Server] = []
 
-    def start(repository: Path, **env: str) -> Server:
-        servers.append(Server(client, prod_image, repository, **env))
+    def start(repository: Path, run_options: dict | None = None, **env: str) -> Server:
+        servers.append(Server(client, prod_image, repository, run_options, **env))
         return servers[-1]
     yield start
     for server in servers:
@@ -431,6 +432,37 @@ def test_bodies_held_at_once_stay_within_the_budget(serve, spin_repository):
         assert time.monotonic() < deadline, data
         time.sleep(0.1)
     assert status == 400 and "not valid JSON" in json.loads(data)["error"]
+    assert_no_traceback(server)
+
+
+def test_answers_not_taken_are_charged_then_dropped(serve, spin_repository):
+    small_buffers = {"sysctls": {"net.ipv4.tcp_wmem": "4096 16384 16384"}}
+    server = serve(spin_repository, small_buffers, PTSERVE_MAX_BODY_BYTES="1000000",
+                   PTSERVE_MAX_BUFFERED_BYTES="1000000", PTSERVE_BODY_TIMEOUT_SECONDS="3")
+    server.wait_ready()
+    before = len(server.events())
+    body = json.dumps({"inputs": [{"name": "n", "datatype": "INT64", "shape": [1],
+                                   "data": [1_000_000]}]}).encode()  # a 4 MB answer
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect((server.host, server.port))
+    try:
+        sock.sendall(b"POST /v2/models/fill/infer HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        deadline = time.monotonic() + 10
+        while (answer := server.spin(1))[0] == 200:  # until the unread answer is charged
+            assert time.monotonic() < deadline, "the unread answer was never charged"
+            time.sleep(0.05)
+        assert answer[0] == 503 and "PTSERVE_MAX_BUFFERED_BYTES" in json.loads(answer[1])["error"]
+        deadline = time.monotonic() + 15
+        while server.spin(1)[0] != 200:  # the budget comes back once the reader is dropped
+            assert time.monotonic() < deadline, "the unread answer was never dropped"
+            time.sleep(0.1)
+    finally:
+        sock.close()
+    dropped = [e for e in server.events()[before:] if e["event"] == "client_disconnected"]
+    assert len(dropped) == 1 and "did not take its" in dropped[0]["reason"], dropped
     assert_no_traceback(server)
 
 

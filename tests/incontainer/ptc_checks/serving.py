@@ -34,6 +34,7 @@ REQUEST_TIMEOUT_S = 60
 DRAIN_SECONDS = 10
 DRAIN_REQUESTS = 4
 SPIN_MODEL = "spin"
+FILL_MODEL = "fill"
 SPIN_CALIBRATION = 2000  # matrix products of the timing call
 SPIN_TARGET_S = 0.5  # how long one drain request should take
 SPIN_LIMITS = (1000, 2_000_000)
@@ -263,6 +264,16 @@ def add_spin_model(repository: Path) -> None:
     config = {"inputs": [{"name": "n", "datatype": "INT64", "shape": [1]}],
               "outputs": [modelrepo.spec("y", [1])]}
     modelrepo.write_model(repository, SPIN_MODEL, 1, Spin(), config)
+
+
+def add_fill_model(repository: Path) -> None:
+    """The ``fill`` model (``models.Fill``): input ``n``, an answer of ``n`` values."""
+    from . import modelrepo
+    from .models import Fill
+
+    config = {"inputs": [{"name": "n", "datatype": "INT64", "shape": [1]}],
+              "outputs": [modelrepo.spec("y", [-1])]}
+    modelrepo.write_model(repository, FILL_MODEL, 1, Fill(), config)
 
 
 async def spin(session: aiohttp.ClientSession, url: str, n: int) -> str:
