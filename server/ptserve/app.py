@@ -12,12 +12,14 @@ import asyncio
 import json
 import logging
 import time
+from functools import partial
 from http import HTTPStatus
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -181,18 +183,40 @@ class Api:
         """Every endpoint, with and without an explicit model version."""
         model = "/v2/models/{name}"
         versioned = model + "/versions/{version}"
+        get, post = (partial(route, expect_handler=self.expect) for route in (web.get, web.post))
         return [
-            web.get("/v2/health/live", self.live),
-            web.get("/v2/health/ready", self.ready),
-            web.get("/v2", self.server_metadata),
-            web.post("/v2/repository/index", self.repository_index),
-            web.post("/v2/repository/models/{name}/load", self.repository_control),
-            web.post("/v2/repository/models/{name}/unload", self.repository_control),
-            web.get("/metrics", self.metrics),
-            *(web.get(p, self.model_metadata) for p in (model, versioned)),
-            *(web.get(p + "/ready", self.model_ready) for p in (model, versioned)),
-            *(web.post(p + "/infer", self.infer) for p in (model, versioned)),
+            get("/v2/health/live", self.live),
+            get("/v2/health/ready", self.ready),
+            get("/v2", self.server_metadata),
+            post("/v2/repository/index", self.repository_index),
+            post("/v2/repository/models/{name}/load", self.repository_control),
+            post("/v2/repository/models/{name}/unload", self.repository_control),
+            get("/metrics", self.metrics),
+            *(get(p, self.model_metadata) for p in (model, versioned)),
+            *(get(p + "/ready", self.model_ready) for p in (model, versioned)),
+            *(post(p + "/infer", self.infer) for p in (model, versioned)),
         ]
+
+    async def expect(self, request: web.Request) -> web.Response | None:
+        """An ``Expect`` header (answered before the middleware runs): a body over the
+        limit is refused before it is sent, ``100-continue`` lets it come, and any other
+        expectation gets 417."""
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if expect.strip().lower() != "100-continue":
+            error = ApiError(417, f"Expect: {expect} is not supported; only 100-continue is")
+        elif (request.content_length or 0) > self.state.settings.max_body_bytes:
+            error = self.state.bodies.too_large()
+        else:
+            if request.version >= HttpVersion11:
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0  # the answer itself has not started
+            return None
+        self.state.count("", error.status, 0.0)
+        logs.info("access", method=request.method, path=request.path, status=error.status,
+                  remote=request.remote, error=error.message)
+        response = error_response(error.status, error.message)
+        response.force_close()  # the body, if sent anyway, is not read
+        return response
 
     async def live(self, request: web.Request) -> web.Response:
         return json_response({"live": True})

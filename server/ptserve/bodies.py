@@ -57,7 +57,7 @@ class BodyReader:
                 )
             length = request.content_length
             if length is not None and length > self.max_body:
-                raise self._too_large()
+                raise self.too_large()
             if encoding == "identity" and length is not None:
                 charge.add(length)
                 if request.content.is_eof():  # received whole already: nothing to time
@@ -73,7 +73,7 @@ class BodyReader:
         try:
             return await asyncio.wait_for(reading, self.timeout)
         except web.HTTPRequestEntityTooLarge:
-            raise self._too_large() from None
+            raise self.too_large() from None
         except TimeoutError:
             raise ApiError(
                 408,
@@ -97,7 +97,7 @@ class BodyReader:
                     pending = inflater.unconsumed_tail
                 size += len(part)
                 if size > self.max_body:
-                    raise self._too_large()
+                    raise self.too_large()
                 charge.add(len(part))
                 parts.append(part)
         if inflater is not None and not inflater.eof:
@@ -141,7 +141,8 @@ class BodyReader:
         await response.prepare(request)
         await response.write_eof()
 
-    def _too_large(self) -> ApiError:
+    def too_large(self) -> ApiError:
+        """The 413 error of a body over PTSERVE_MAX_BODY_BYTES."""
         return ApiError(
             413,
             f"request body is larger than the {self.max_body}-byte limit (PTSERVE_MAX_BODY_BYTES)",

@@ -340,6 +340,25 @@ def test_request_heads_past_the_limit_get_431(spin_server):
     assert_no_traceback(spin_server)
 
 
+def test_expect_headers_get_json_answers(spin_server):
+    start = b"POST /v2/models/spin/infer HTTP/1.1\r\nHost: x\r\n"
+    status, _, body = raw_exchange(spin_server, start + b"Expect: 200-ok\r\n"
+                                   b"Content-Length: 2\r\n\r\n{}")
+    assert status == 417 and "only 100-continue" in json.loads(body)["error"]
+    # A body over the limit is refused before the client sends it.
+    status, _, body = raw_exchange(spin_server, start + b"Expect: 100-continue\r\n"
+                                   b"Content-Length: 100000000\r\n\r\n")
+    assert status == 413 and "PTSERVE_MAX_BODY_BYTES" in json.loads(body)["error"]
+    body = json.dumps({"inputs": [{"name": "n", "datatype": "INT64", "shape": [1],
+                                   "data": [1]}]}).encode()
+    with spin_server.connect() as sock:
+        sock.sendall(start + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+    assert_no_traceback(spin_server)
+
+
 def test_stalled_uploads_hold_no_inflight_slot(spin_server):
     stalled = [partial_upload(spin_server) for _ in range(6)]
     try:
