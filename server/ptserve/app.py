@@ -122,6 +122,13 @@ def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status)
 
 
+def log_refusal(count: Any, status: int, text: str, remote: str | None, **where: Any) -> None:
+    """An error answered outside the middleware: one access line, and counted."""
+    logs.info("access", **where, status=status, remote=remote, error=text)
+    if count is not None:
+        count("", status, 0.0)
+
+
 def _http_error_message(request: web.Request, exc: web.HTTPException) -> str:
     if exc.status == 404:
         return f"no endpoint {request.method} {request.path}"
@@ -211,9 +218,8 @@ class Api:
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 request.writer.output_size = 0  # the answer itself has not started
             return None
-        self.state.count("", error.status, 0.0)
-        logs.info("access", method=request.method, path=request.path, status=error.status,
-                  remote=request.remote, error=error.message)
+        log_refusal(self.state.count, error.status, error.message, request.remote,
+                    method=request.method, path=request.path)
         response = error_response(error.status, error.message)
         response.force_close()  # the body, if sent anyway, is not read
         return response
@@ -414,9 +420,7 @@ class JsonErrorHandler(RequestHandler):
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         peer = self.transport.get_extra_info("peername")
-        logs.info("access", status=431, remote=peer[0] if peer else None, error=text)
-        if self.count is not None:
-            self.count("", 431, 0.0)
+        log_refusal(self.count, 431, text, peer[0] if peer else None)
         self.force_close()
 
     def _head_late(self) -> None:
@@ -443,12 +447,12 @@ class JsonErrorHandler(RequestHandler):
             logs.log(logging.ERROR, "connection_error", exc_info=exc is not None,
                      status=status, remote=request.remote)
             text = f"internal error: {type(exc).__name__ if exc else HTTPStatus(status).phrase}"
+            if self.count is not None:
+                self.count("", status, 0.0)
         else:
             detail = (message or HTTPStatus(status).phrase).strip().splitlines()[0].rstrip(":")
             text = f"malformed HTTP request: {detail}"
-            logs.info("access", status=status, remote=request.remote, error=text)
-        if self.count is not None:
-            self.count("", status, 0.0)
+            log_refusal(self.count, status, text, request.remote)
         response = error_response(status, text)
         response.force_close()
         return response

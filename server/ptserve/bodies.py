@@ -27,6 +27,7 @@ from ptserve.errors import ApiError
 from ptserve.settings import Settings
 
 SEND_UNTIMED = 64 * 1024  # answers the transport buffers without waiting for the client
+TRAILING = "request body has data after its compressed data"
 INFLATE_STEP = 256 * 1024  # inflated at most per step, each charged before the next
 # zlib window bits: gzip only for gzip; a zlib or gzip header for deflate.
 ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
@@ -72,7 +73,7 @@ class BodyReader:
     async def _timed(self, reading: Awaitable[bytes]) -> bytes:
         try:
             return await asyncio.wait_for(reading, self.timeout)
-        except web.HTTPRequestEntityTooLarge:
+        except web.HTTPRequestEntityTooLarge:  # aiohttp's own check (client_max_size)
             raise self.too_large() from None
         except TimeoutError:
             raise ApiError(
@@ -103,13 +104,13 @@ class BodyReader:
         if inflater is not None and not inflater.eof:
             raise ApiError(400, "request body ends before its compressed data does")
         if inflater is not None and inflater.unused_data:
-            raise ApiError(400, "request body has data after its compressed data")
+            raise ApiError(400, TRAILING)
         return b"".join(parts)
 
     @staticmethod
     def _inflate(inflater: "zlib._Decompress", data: bytes, most: int) -> bytes:
         if inflater.eof:
-            raise ApiError(400, "request body has data after its compressed data")
+            raise ApiError(400, TRAILING)
         try:
             return inflater.decompress(data, most)
         except zlib.error as exc:
